@@ -1,0 +1,68 @@
+"""One exception tree for the whole package.
+
+Every message names the bad value, where it came from (config field, item id, asset, tile) and
+what would be valid, so a user can fix the problem without reading our source.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CubeError",
+    "DataError",
+    "EmptySearchError",
+    "MissingDependencyError",
+    "S2MosaicError",
+    "SearchError",
+    "SpecError",
+    "WriteError",
+]
+
+
+class S2MosaicError(Exception):
+    """Root of every error s2mosaic raises on purpose."""
+
+
+class SpecError(S2MosaicError, ValueError):
+    """A `MosaicSpec` field has an invalid value.
+
+    ``field`` is the dotted path of the field (``"composite.percentile"``), ``value`` the value
+    given and ``valid`` a description of what would be accepted.
+    """
+
+    def __init__(self, field: str, value: object, valid: str) -> None:
+        self.field = field
+        self.value = value
+        self.valid = valid
+        super().__init__(f"{field}: invalid value {value!r}; {valid}")
+
+
+class SearchError(S2MosaicError):
+    """The STAC source could not be opened or searched."""
+
+
+class EmptySearchError(SearchError):
+    """A search matched no items. The message repeats the query."""
+
+
+class DataError(S2MosaicError):
+    """An item or asset does not carry what the pipeline needs (band, projection, nodata)."""
+
+
+class CubeError(S2MosaicError):
+    """The lazy cube could not be built for the requested grid and bands."""
+
+
+class WriteError(S2MosaicError):
+    """An output could not be written (path exists, invalid format, failed write)."""
+
+
+class MissingDependencyError(S2MosaicError, ImportError):
+    """An optional dependency is not installed; the message gives the pip line that fixes it."""
+
+    def __init__(self, package: str, extra: str, feature: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs the optional package {package!r}, which is not installed. "
+            f"Install it with: pip install 's2mosaic[{extra}]'"
+        )

@@ -1,0 +1,570 @@
+"""`MosaicSpec`: everything that defines a mosaic, validated once, frozen afterwards.
+
+A spec comes from YAML (``MosaicSpec.from_yaml``), from a plain dict or from keyword arguments.
+Each section is a small frozen dataclass; loose inputs (strings for dates, lists for tuples,
+dicts for sections) are coerced in ``__post_init__`` and every invalid value raises
+:class:`~s2mosaic.errors.SpecError` naming the field, the value and what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from .aoi import AOI
+from .errors import SpecError
+
+__all__ = [
+    "COMPOSITE_METHODS",
+    "DEFAULT_SCL_INVALID",
+    "LOADERS",
+    "RESAMPLING_METHODS",
+    "SCL_CLASSES",
+    "CompositeSpec",
+    "GridSpec",
+    "MaskSpec",
+    "MosaicSpec",
+    "OutputSpec",
+    "Period",
+    "RuntimeSpec",
+    "SourceSpec",
+]
+
+#: Sentinel-2 L2A scene classification classes.
+SCL_CLASSES: dict[int, str] = {
+    0: "no data",
+    1: "saturated or defective",
+    2: "dark area pixels (topographic casted shadows)",
+    3: "cloud shadows",
+    4: "vegetation",
+    5: "not vegetated",
+    6: "water",
+    7: "unclassified",
+    8: "cloud medium probability",
+    9: "cloud high probability",
+    10: "thin cirrus",
+    11: "snow or ice",
+}
+#: SCL classes masked by default: nodata, defective, shadow, clouds, cirrus. Snow (11) is kept.
+DEFAULT_SCL_INVALID: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
+COMPOSITE_METHODS: tuple[str, ...] = ("percentile", "median", "mean", "first")
+RESAMPLING_METHODS: tuple[str, ...] = (
+    "nearest",
+    "bilinear",
+    "cubic",
+    "cubic_spline",
+    "lanczos",
+    "average",
+    "mode",
+    "min",
+    "max",
+    "med",
+    "q1",
+    "q3",
+)
+LOADERS: tuple[str, ...] = ("odc-stac", "stackstac")
+MASK_METHODS: tuple[str, ...] = ("scl",)
+
+
+def _fail(path: str, value: object, valid: str) -> SpecError:
+    return SpecError(path, value, valid)
+
+
+def _coerce_section(cls: type[Any], value: Any, path: str) -> Any:
+    """Build a section dataclass from an instance, a mapping or None (defaults)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise _fail(path, value, f"expected a mapping with keys {sorted(cls.field_names())}")
+    unknown = set(value) - cls.field_names()
+    if unknown:
+        raise _fail(
+            f"{path}.{sorted(unknown)[0]}",
+            value[sorted(unknown)[0]],
+            f"unknown key; valid keys of '{path}' are {sorted(cls.field_names())}",
+        )
+    try:
+        return cls(**value)
+    except SpecError as e:
+        # Re-raise with the full dotted path of the field.
+        raise SpecError(f"{path}.{e.field}", e.value, e.valid) from None
+
+
+def _number(path: str, value: Any, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, integer: bool = False) -> Any:
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(path, value, f"expected {kind}")
+    if integer and not float(value).is_integer():
+        raise _fail(path, value, f"expected {kind}")
+    if not math.isfinite(value):
+        raise _fail(path, value, f"expected a finite {kind}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise _fail(path, value, f"expected {kind} {'>' if low_open else '>='} {low}"
+                    + (f" and <= {high}" if high is not None else ""))
+    if high is not None and value > high:
+        raise _fail(path, value, f"expected {kind} <= {high}"
+                    + (f" and {'>' if low_open else '>='} {low}" if low is not None else ""))
+    return int(value) if integer else float(value)
+
+
+def _choice(path: str, value: Any, valid: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in valid:
+        raise _fail(path, value, f"valid values are {list(valid)}")
+    return value
+
+
+def _opt_path(path: str, value: Any) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | Path) or str(value) == "":
+        raise _fail(path, value, "expected a file system path (string) or null")
+    return Path(value)
+
+
+class _Section:
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}  # type: ignore[arg-type]
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+
+def _date(path: str, value: Any) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise _fail(path, value, "expected an ISO date such as '2024-05-01'")
+
+
+@dataclass(frozen=True)
+class Period(_Section):
+    """Acquisition period, inclusive on both ends, with an optional month filter."""
+
+    start: dt.date
+    """First day (inclusive)."""
+    end: dt.date
+    """Last day (inclusive)."""
+    months: tuple[int, ...] | None = None
+    """Keep only acquisitions in these calendar months (1-12), e.g. ``[5, 6, 7]`` for May-July."""
+
+    def __post_init__(self) -> None:
+        self._set("start", _date("start", self.start))
+        self._set("end", _date("end", self.end))
+        if self.end < self.start:
+            raise _fail("end", self.end.isoformat(),
+                        f"must be on or after start ({self.start.isoformat()})")
+        if self.months is not None:
+            months = self.months
+            if isinstance(months, int | str) or not isinstance(months, list | tuple):
+                raise _fail("months", months, "expected a list of month numbers 1-12, e.g. [5, 6, 7]")
+            out = []
+            for m in months:
+                if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= 12:
+                    raise _fail("months", list(months), "every month must be an integer 1-12")
+                out.append(m)
+            if not out:
+                raise _fail("months", list(months), "expected at least one month, or null for all")
+            self._set("months", tuple(sorted(set(out))))
+
+    @property
+    def datetime_range(self) -> str:
+        """The period as a STAC ``datetime`` interval (UTC, inclusive)."""
+        return f"{self.start.isoformat()}T00:00:00Z/{self.end.isoformat()}T23:59:59.999999Z"
+
+    def contains(self, when: dt.datetime) -> bool:
+        """True when ``when`` falls within the period and its month filter."""
+        d = when.date()
+        if not self.start <= d <= self.end:
+            return False
+        return self.months is None or when.month in self.months
+
+
+@dataclass(frozen=True)
+class SourceSpec(_Section):
+    """Where the STAC items come from."""
+
+    stac: str
+    """A STAC API URL (``https://…``), or a local static catalog / collection / ItemCollection
+    JSON file."""
+    collection: str = "sentinel-2-l2a"
+    """Collection id to search."""
+    max_cloud_cover: float | None = None
+    """Keep items whose ``eo:cloud_cover`` is at most this (0-100)."""
+    mgrs_tiles: tuple[str, ...] = ()
+    """Keep only these MGRS tiles (e.g. ``["32TNS", "33UXP"]``); empty keeps all."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stac, Path):
+            self._set("stac", str(self.stac))
+        if not isinstance(self.stac, str) or not self.stac.strip():
+            raise _fail("stac", self.stac,
+                        "expected a STAC API URL (http/https) or a path to a catalog.json, "
+                        "collection.json or ItemCollection file")
+        if not isinstance(self.collection, str) or not self.collection:
+            raise _fail("collection", self.collection, "expected a collection id such as 'sentinel-2-l2a'")
+        if self.max_cloud_cover is not None:
+            self._set("max_cloud_cover",
+                      _number("max_cloud_cover", self.max_cloud_cover, low=0, high=100))
+        tiles = self.mgrs_tiles
+        if isinstance(tiles, str):
+            tiles = (tiles,)
+        if not isinstance(tiles, list | tuple):
+            raise _fail("mgrs_tiles", tiles, "expected a list of MGRS tile ids such as ['32TNS']")
+        out = []
+        for t in tiles:
+            tt = str(t).upper().removeprefix("T")
+            if not (len(tt) == 5 and tt[:2].isdigit() and 1 <= int(tt[:2]) <= 60
+                    and tt[2].isalpha() and tt[3:].isalpha()):
+                raise _fail("mgrs_tiles", t, "expected MGRS tile ids like '32TNS' (zone 01-60, band "
+                            "letter, two-letter square)")
+            out.append(tt)
+        self._set("mgrs_tiles", tuple(out))
+
+    @property
+    def is_api(self) -> bool:
+        """True when ``stac`` is a STAC API URL rather than a local/static file."""
+        return self.stac.startswith(("http://", "https://")) and not self.stac.endswith(".json")
+
+
+@dataclass(frozen=True)
+class GridSpec(_Section):
+    """The output pixel grid."""
+
+    crs: str | None = None
+    """Output CRS (``"EPSG:32633"``, ``"EPSG:4326"``, WKT). None: the UTM zone of the AOI centre."""
+    resolution: float = 10.0
+    """Pixel size in CRS units (metres for UTM, degrees for EPSG:4326)."""
+    resampling: str = "nearest"
+    """Resampling of reflectance bands onto the grid. Masks (SCL) always use nearest."""
+
+    def __post_init__(self) -> None:
+        if self.crs is not None:
+            if isinstance(self.crs, int) and not isinstance(self.crs, bool):
+                self._set("crs", f"EPSG:{self.crs}")
+            if not isinstance(self.crs, str):
+                raise _fail("crs", self.crs, "expected a CRS string such as 'EPSG:32633' or null")
+            from pyproj import CRS
+            from pyproj.exceptions import CRSError
+
+            try:
+                CRS.from_user_input(self.crs)
+            except CRSError:
+                raise _fail("crs", self.crs, "not a CRS pyproj understands; use e.g. 'EPSG:32633', "
+                            "'EPSG:4326' or a WKT string") from None
+        self._set("resolution", _number("resolution", self.resolution, low=0, low_open=True))
+        self._set("resampling", _choice("resampling", self.resampling, RESAMPLING_METHODS))
+
+
+@dataclass(frozen=True)
+class MaskSpec(_Section):
+    """How invalid (cloud, shadow, nodata) observations are found."""
+
+    method: str = "scl"
+    """Masking method. ``scl``: the Sentinel-2 scene classification layer."""
+    scl_classes: tuple[int, ...] = DEFAULT_SCL_INVALID
+    """SCL classes treated as invalid. Default: 0, 1, 3, 8, 9, 10 (add 11 to drop snow)."""
+    dilation: int = 0
+    """Grow the invalid mask by this many output pixels (square structuring element)."""
+
+    def __post_init__(self) -> None:
+        self._set("method", _choice("method", self.method, MASK_METHODS))
+        classes = self.scl_classes
+        if not isinstance(classes, list | tuple):
+            raise _fail("scl_classes", classes, f"expected a list of SCL classes from {sorted(SCL_CLASSES)}")
+        for c in classes:
+            if isinstance(c, bool) or not isinstance(c, int) or c not in SCL_CLASSES:
+                raise _fail("scl_classes", c, f"valid SCL classes are {sorted(SCL_CLASSES)}")
+        self._set("scl_classes", tuple(sorted(set(classes))))
+        self._set("dilation", _number("dilation", self.dilation, low=0, integer=True))
+
+
+@dataclass(frozen=True)
+class CompositeSpec(_Section):
+    """The per-pixel reduction over time."""
+
+    method: str = "percentile"
+    """One of ``percentile``, ``median``, ``mean``, ``first`` (first valid in date order)."""
+    percentile: float = 25.0
+    """q in [0, 100] for ``percentile``; NumPy's "linear" definition over valid observations."""
+    min_observations: int = 1
+    """Pixels with fewer valid observations are nodata."""
+
+    def __post_init__(self) -> None:
+        self._set("method", _choice("method", self.method, COMPOSITE_METHODS))
+        self._set("percentile", _number("percentile", self.percentile, low=0, high=100))
+        self._set("min_observations",
+                  _number("min_observations", self.min_observations, low=1, integer=True))
+
+    @property
+    def q(self) -> float:
+        """The effective percentile (50 for ``median``)."""
+        return 50.0 if self.method == "median" else self.percentile
+
+
+@dataclass(frozen=True)
+class OutputSpec(_Section):
+    """Where and what to write. At least one of ``zarr``/``cog`` is needed to run."""
+
+    zarr: Path | None = None
+    """Zarr store path (written with consolidated metadata and a CF grid mapping)."""
+    cog: Path | None = None
+    """Cloud-Optimized GeoTIFF path (all bands, then the ``count`` band, with overviews)."""
+    rgb: Path | None = None
+    """Optional 8-bit RGB display product: ``.png`` (small areas) or ``.tif`` (a COG)."""
+    rgb_bands: tuple[str, str, str] = ("red", "green", "blue")
+    """Bands (as named in ``bands``) used for the display product's R, G, B."""
+    rgb_range: tuple[int, int] = (0, 3000)
+    """Linear stretch of reflectance × 10000 to 1..255 (0 is nodata in the display product)."""
+    metadata: Path | None = None
+    """Provenance sidecar path. None: ``<zarr or cog stem>.metadata.json`` beside the output."""
+    overwrite: bool = False
+    """Replace existing outputs. When false, an existing output path is an error."""
+
+    def __post_init__(self) -> None:
+        for name in ("zarr", "cog", "rgb", "metadata"):
+            self._set(name, _opt_path(name, getattr(self, name)))
+        if self.cog is not None and self.cog.suffix.lower() not in (".tif", ".tiff"):
+            raise _fail("cog", str(self.cog), "a COG path must end in .tif or .tiff")
+        if self.rgb is not None and self.rgb.suffix.lower() not in (".png", ".tif", ".tiff"):
+            raise _fail("rgb", str(self.rgb), "the display product must end in .png, .tif or .tiff")
+        rgb = self.rgb_bands
+        if not isinstance(rgb, list | tuple) or len(rgb) != 3 or not all(isinstance(b, str) for b in rgb):
+            raise _fail("rgb_bands", rgb, "expected three band names, e.g. ['red', 'green', 'blue']")
+        self._set("rgb_bands", tuple(rgb))
+        rr = self.rgb_range
+        if (not isinstance(rr, list | tuple) or len(rr) != 2
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in rr)
+                or not 0 <= rr[0] < rr[1] <= 65535):
+            raise _fail("rgb_range", rr, "expected [low, high] with 0 <= low < high <= 65535")
+        self._set("rgb_range", (rr[0], rr[1]))
+        if not isinstance(self.overwrite, bool):
+            raise _fail("overwrite", self.overwrite, "expected true or false")
+
+    @property
+    def metadata_path(self) -> Path | None:
+        """Where the provenance sidecar goes."""
+        if self.metadata is not None:
+            return self.metadata
+        main = self.zarr or self.cog
+        if main is None:
+            return None
+        return main.with_name(main.name.rsplit(".", 1)[0] + ".metadata.json")
+
+
+@dataclass(frozen=True)
+class RuntimeSpec(_Section):
+    """How the computation runs."""
+
+    chunks: int = 1024
+    """Spatial chunk size in output pixels (time is always one chunk)."""
+    loader: str = "odc-stac"
+    """``odc-stac`` (default) or ``stackstac`` (needs ``pip install 's2mosaic[stackstac]'``)."""
+    scheduler: str | None = None
+    """None: a new LocalCluster sized to this machine. ``synchronous`` or ``threads``: no
+    cluster (dask's local schedulers). Anything else: the address of a running scheduler."""
+    n_workers: int | None = None
+    """LocalCluster worker processes (default: one per 2 cores, at least 1)."""
+    threads_per_worker: int | None = None
+    """LocalCluster threads per worker (default: the remaining cores)."""
+
+    def __post_init__(self) -> None:
+        self._set("chunks", _number("chunks", self.chunks, low=16, integer=True))
+        self._set("loader", _choice("loader", self.loader, LOADERS))
+        if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler):
+            raise _fail("scheduler", self.scheduler,
+                        "expected null, 'synchronous', 'threads' or a scheduler address "
+                        "such as 'tcp://10.0.0.5:8786'")
+        for name in ("n_workers", "threads_per_worker"):
+            v = getattr(self, name)
+            if v is not None:
+                self._set(name, _number(name, v, low=1, integer=True))
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "source": SourceSpec,
+    "grid": GridSpec,
+    "mask": MaskSpec,
+    "composite": CompositeSpec,
+    "output": OutputSpec,
+    "runtime": RuntimeSpec,
+}
+
+
+@dataclass(frozen=True)
+class MosaicSpec(_Section):
+    """Everything that defines one mosaic.
+
+    Examples
+    --------
+    >>> spec = MosaicSpec(
+    ...     aoi=[10.04, 46.064, 10.045, 46.068],
+    ...     period={"start": "2017-07-01", "end": "2019-07-31"},
+    ...     source={"stac": "catalog.json"},
+    ...     bands=["red", "nir"],
+    ...     output={"zarr": "out.zarr"},
+    ... )
+    >>> spec.composite.method
+    'percentile'
+    """
+
+    aoi: AOI
+    """Area of interest: bbox ``[west, south, east, north]`` in EPSG:4326, WKT, a GeoJSON mapping,
+    or a path to a GeoJSON / GeoPackage file. Output outside the AOI polygon is nodata."""
+    period: Period
+    """Acquisition period ``{start, end, months}``; also accepts ``[start, end]``."""
+    source: SourceSpec
+    """STAC source and search filters."""
+    bands: tuple[str, ...] = ("red", "green", "blue", "nir")
+    """Bands to mosaic: Earth Search / common names (``red``) or asset keys (``B04``)."""
+    grid: GridSpec = field(default_factory=GridSpec)
+    mask: MaskSpec = field(default_factory=MaskSpec)
+    composite: CompositeSpec = field(default_factory=CompositeSpec)
+    output: OutputSpec = field(default_factory=OutputSpec)
+    runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
+    name: str = "mosaic"
+    """A short name for the product (used in metadata and progress output)."""
+
+    SECTIONS: ClassVar[dict[str, type[Any]]] = _SECTIONS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.aoi, AOI):
+            try:
+                self._set("aoi", AOI.parse(self.aoi))
+            except SpecError as e:
+                raise SpecError(f"aoi{'.' + e.field if e.field else ''}", e.value, e.valid) from None
+        period = self.period
+        if isinstance(period, list | tuple) and len(period) == 2:
+            period = {"start": period[0], "end": period[1]}
+        self._set("period", _coerce_section(Period, period, "period") if period is not None
+                  else _raise(_fail("period", None, "a period {start, end} is required")))
+        if isinstance(self.source, str | Path):
+            self._set("source", SourceSpec(stac=str(self.source)))
+        if self.source is None:
+            raise _fail("source", None, "a source {stac: URL or catalog path} is required")
+        for name, cls in _SECTIONS.items():
+            self._set(name, _coerce_section(cls, getattr(self, name), name))
+        bands = self.bands
+        if isinstance(bands, str):
+            bands = (bands,)
+        if not isinstance(bands, list | tuple) or not bands:
+            raise _fail("bands", bands, "expected a non-empty list of band names such as "
+                        "['red', 'green', 'blue'] or ['B04', 'B03', 'B02']")
+        for b in bands:
+            if not isinstance(b, str) or not b:
+                raise _fail("bands", b, "every band must be a non-empty string such as 'red' or 'B04'")
+        if len(set(bands)) != len(bands):
+            raise _fail("bands", list(bands), "band names must be unique")
+        if any(b.lower() == "scl" for b in bands):
+            raise _fail("bands", list(bands), "'scl' is the mask layer, not a band to composite; "
+                        "remove it (masking reads it automatically)")
+        self._set("bands", tuple(bands))
+        if not isinstance(self.name, str) or not self.name:
+            raise _fail("name", self.name, "expected a non-empty string")
+        missing = [b for b in self.output.rgb_bands if b not in self.bands]
+        if self.output.rgb is not None and missing:
+            raise _fail("output.rgb_bands", list(self.output.rgb_bands),
+                        f"every display band must be one of bands {list(self.bands)}; "
+                        f"missing {missing}")
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base_dir: str | Path | None = None) -> MosaicSpec:
+        """Build a spec from a mapping (as read from YAML).
+
+        Relative paths (AOI file, local STAC source, outputs) are resolved against ``base_dir``.
+        """
+        if not isinstance(data, Mapping):
+            raise _fail("<spec>", data, "expected a mapping of spec fields")
+        valid = cls.field_names()
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise _fail(unknown[0], data[unknown[0]],
+                        f"unknown key; valid top-level keys are {sorted(valid)}")
+        d = dict(data)
+        if base_dir is not None:
+            d = _resolve_paths(d, Path(base_dir))
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> MosaicSpec:
+        """Read a spec from a YAML file; relative paths are relative to the file."""
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise _fail("<spec file>", str(p), f"cannot be read ({e.strerror})") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise _fail("<spec file>", str(p), f"is not valid YAML: {e}") from None
+        return cls.from_dict(data or {}, base_dir=p.parent)
+
+    def replace(self, **changes: Any) -> MosaicSpec:
+        """A copy with some fields (or whole sections, as dicts) replaced."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON/YAML-serialisable mapping that ``from_dict`` reads back."""
+        return _plain(dataclasses.asdict(self) | {"aoi": self.aoi.to_geojson()})
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """Serialise to YAML; write it to ``path`` when given."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+
+def _raise(e: Exception) -> Any:
+    raise e
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    return v
+
+
+def _resolve_paths(d: dict[str, Any], base: Path) -> dict[str, Any]:
+    def rel(v: Any) -> Any:
+        if isinstance(v, str | Path) and not str(v).startswith(("http://", "https://", "s3://", "gs://")):
+            p = Path(v).expanduser()
+            return str(p if p.is_absolute() else base / p)
+        return v
+
+    aoi = d.get("aoi")
+    if isinstance(aoi, str) and AOI.looks_like_path(aoi):
+        d["aoi"] = rel(aoi)
+    src = d.get("source")
+    if isinstance(src, Mapping) and "stac" in src:
+        d["source"] = {**src, "stac": rel(src["stac"])}
+    elif isinstance(src, str):
+        d["source"] = {"stac": rel(src)}
+    out = d.get("output")
+    if isinstance(out, Mapping):
+        d["output"] = {k: (rel(v) if k in ("zarr", "cog", "rgb", "metadata") and v is not None else v)
+                       for k, v in out.items()}
+    return d
