@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ class AOI:
 
     wkt: str
     """The polygon in EPSG:4326 (lon/lat) as WKT."""
-    source: str
+    source: str = field(compare=False)
     """How the user gave it (bbox text, WKT, file path), for messages and provenance."""
 
     @property
@@ -139,9 +139,9 @@ def _read_gpkg(path: Path) -> BaseGeometry:
     geom = shapely.union_all(geoms)
     crs = meta.get("crs")
     if crs and crs.upper() not in ("EPSG:4326", "OGC:CRS84"):
-        import shapely.ops
+        import numpy as np
         from pyproj import CRS, Transformer
 
         t = Transformer.from_crs(CRS.from_user_input(crs), "EPSG:4326", always_xy=True)
-        geom = shapely.ops.transform(t.transform, geom)
+        geom = shapely.transform(geom, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
     return geom

@@ -70,7 +70,7 @@ RESAMPLING_METHODS: tuple[str, ...] = (
     "q3",
 )
 LOADERS: tuple[str, ...] = ("odc-stac", "stackstac")
-MASK_METHODS: tuple[str, ...] = ("scl",)
+MASK_METHODS: tuple[str, ...] = ("scl", "none")
 
 
 def _fail(path: str, value: object, valid: str) -> SpecError:
@@ -249,8 +249,10 @@ class GridSpec(_Section):
 
     crs: str | None = None
     """Output CRS (``"EPSG:32633"``, ``"EPSG:4326"``, WKT). None: the UTM zone of the AOI centre."""
-    resolution: float = 10.0
-    """Pixel size in CRS units (metres for UTM, degrees for EPSG:4326)."""
+    resolution: float | str = 10.0
+    """Pixel size in CRS units (metres for UTM, degrees for EPSG:4326), or ``"native"``: the pixel
+    grid (size and alignment) of the first item's reference band, e.g. to reproduce source pixels
+    exactly. With ``"native"`` and no ``crs``, the first item's CRS is used."""
     resampling: str = "nearest"
     """Resampling of reflectance bands onto the grid. Masks (SCL) always use nearest."""
 
@@ -268,7 +270,11 @@ class GridSpec(_Section):
             except CRSError:
                 raise _fail("crs", self.crs, "not a CRS pyproj understands; use e.g. 'EPSG:32633', "
                             "'EPSG:4326' or a WKT string") from None
-        self._set("resolution", _number("resolution", self.resolution, low=0, low_open=True))
+        if self.resolution != "native":
+            if isinstance(self.resolution, str):
+                raise _fail("resolution", self.resolution,
+                            "expected a positive number in CRS units or 'native'")
+            self._set("resolution", _number("resolution", self.resolution, low=0, low_open=True))
         self._set("resampling", _choice("resampling", self.resampling, RESAMPLING_METHODS))
 
 
@@ -277,7 +283,8 @@ class MaskSpec(_Section):
     """How invalid (cloud, shadow, nodata) observations are found."""
 
     method: str = "scl"
-    """Masking method. ``scl``: the Sentinel-2 scene classification layer."""
+    """``scl``: the Sentinel-2 scene classification layer (L2A). ``none``: only nodata is
+    masked (e.g. for collections without SCL, such as L1C)."""
     scl_classes: tuple[int, ...] = DEFAULT_SCL_INVALID
     """SCL classes treated as invalid. Default: 0, 1, 3, 8, 9, 10 (add 11 to drop snow)."""
     dilation: int = 0

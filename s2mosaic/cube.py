@@ -1,0 +1,250 @@
+"""Lazy (time, y, x) cube of the requested bands plus SCL, on one output grid, one reflectance scale.
+
+odc-stac is the default loader, stackstac the alternative. Either way: items are fused per
+solar day (adjacent tiles of one overpass become one observation, so their overlap is not
+counted twice), each spatial chunk holds the whole time axis (the reducer needs it and a later
+rechunk would be a shuffle), dtypes stay ``uint16``/``uint8``, and products with a BOA offset are
+brought back to reflectance × 10000 chunk by chunk.
+
+GDAL settings live here only. They go through ``odc.stac.configure_rio``, which odc-stac captures
+into the graph when it is built and re-applies inside every read task, so workers get them
+without anyone touching ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pystac
+import shapely.geometry
+import xarray as xr
+from odc.geo.geobox import GeoBox
+
+from .errors import CubeError, DataError, MissingDependencyError
+from .search import boa_offset
+from .spec import MosaicSpec
+
+__all__ = ["GDAL_SETTINGS", "SCL_VAR", "load_cube", "resolve_band", "scl_asset_key"]
+
+#: Name of the scene classification variable in the cube.
+SCL_VAR = "scl"
+
+#: GDAL options for fast, quiet COG reads over HTTP(S)/S3 and local files.
+GDAL_SETTINGS: dict[str, Any] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "GDAL_HTTP_MAX_RETRY": "5",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.jp2",
+    "VSI_CACHE": "TRUE",
+}
+
+
+def _names(asset: pystac.Asset) -> set[str]:
+    out: set[str] = set()
+    for b in asset.extra_fields.get("eo:bands") or []:
+        for k in ("name", "common_name"):
+            if isinstance(b, dict) and b.get(k):
+                out.add(str(b[k]).lower())
+    return out
+
+
+def resolve_band(item: pystac.Item, name: str) -> str:
+    """The asset key of band ``name`` in ``item``.
+
+    ``name`` may be an asset key (``B04``, ``red``) or an ``eo:bands`` name or common name, so
+    Earth Search names (``red``, ``nir``) and Planetary Computer names (``B04``, ``B08``) both
+    work against either catalog.
+    """
+    if name in item.assets:
+        return name
+    low = name.lower()
+    for key in item.assets:
+        if key.lower() == low:
+            return key
+    for key, asset in item.assets.items():
+        if low in _names(asset):
+            return key
+    available = sorted(
+        f"{k} ({'/'.join(sorted(_names(a)))})" if _names(a) else k for k, a in item.assets.items()
+    )
+    raise DataError(
+        f"band {name!r} (spec field 'bands') not found in item {item.id!r}; its assets are "
+        f"{available}. Use an asset key or an eo:bands common name from that list."
+    )
+
+
+def scl_asset_key(item: pystac.Item) -> str:
+    """The asset key of the scene classification layer (``SCL`` or ``scl``)."""
+    for key in item.assets:
+        if key.lower() == "scl":
+            return key
+    raise DataError(
+        f"item {item.id!r} has no SCL asset (assets: {sorted(item.assets)}); SCL masking "
+        "(mask.method: scl) needs an L2A collection with the scene classification layer"
+    )
+
+
+def _solar_day(item: pystac.Item) -> dt.date:
+    when = item.datetime or item.common_metadata.start_datetime
+    assert when is not None
+    lon = shapely.geometry.shape(item.geometry).centroid.x if item.geometry else 0.0
+    return (when + dt.timedelta(seconds=lon * 240)).date()  # 240 s of solar time per degree
+
+
+def _groups(items: Sequence[pystac.Item], keys: dict[str, str]) -> tuple[list[Any], list[tuple[int, ...]]]:
+    """Group key per item (solar day, offsets) and the offsets per group, in group order.
+
+    Items of one solar day with different BOA offsets stay separate observations, so each time
+    slice of the cube has exactly one offset per band.
+    """
+    item_keys = []
+    for item in items:
+        offsets = tuple(boa_offset(item, keys[name]) for name in keys)
+        item_keys.append((_solar_day(item).isoformat(), offsets))
+    ordered = sorted(set(item_keys))
+    return item_keys, [k[1] for k in ordered]
+
+
+def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) -> xr.Dataset:
+    """Lazily load ``spec.bands`` and SCL of ``items`` onto ``geobox``.
+
+    Returns an ``xr.Dataset`` with one ``(time, y, x)`` variable per band, named as in
+    ``spec.bands`` (``uint16``, attr ``nodata``), and ``scl`` (``uint8``) when
+    ``mask.method`` is ``scl``; chunks are
+    ``(all times, spec.runtime.chunks, spec.runtime.chunks)``.
+    """
+    if not items:
+        raise CubeError("no items to load; search returned nothing for this spec")
+    ref = items[0]
+    keys = {name: resolve_band(ref, name) for name in spec.bands}
+    scl = scl_asset_key(ref) if spec.mask.method == "scl" else None
+    for item in items[1:]:
+        for name, key in keys.items():
+            if key not in item.assets:
+                raise DataError(f"item {item.id!r} lacks asset {key!r} (band {name!r}) that "
+                                f"item {ref.id!r} has; mixed collections in one mosaic?")
+        if scl is not None and scl not in item.assets:
+            raise DataError(f"item {item.id!r} lacks the {scl!r} asset needed for masking")
+    item_keys, offsets = _groups(items, keys)
+    if spec.runtime.loader == "stackstac":
+        ds = _load_stackstac(items, keys, scl, item_keys, geobox, spec)
+    else:
+        ds = _load_odc(items, keys, scl, item_keys, geobox, spec)
+    if ds.sizes["time"] != len(offsets):  # pragma: no cover - guards the grouping contract
+        raise CubeError(f"loader returned {ds.sizes['time']} time slices for {len(offsets)} groups")
+    ds = _harmonise(ds, list(keys), offsets)
+    ds.attrs["boa_offsets"] = {name: [o[i] for o in offsets] for i, name in enumerate(keys)}
+    return ds
+
+
+def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | None, item_keys: list[Any],
+              geobox: GeoBox, spec: MosaicSpec) -> xr.Dataset:
+    import odc.stac
+
+    odc.stac.configure_rio(cloud_defaults=True, **GDAL_SETTINGS)
+    index = {item.id: k for item, k in zip(items, item_keys, strict=True)}
+    chunk = spec.runtime.chunks
+    with warnings.catch_warnings():
+        # odc-loader warps the 20 m SCL through in-memory arrays; rasterio warns they lack a
+        # geotransform although odc passes one explicitly.
+        warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+        ds = odc.stac.load(
+            list(items),
+            bands=[*keys.values(), *([scl] if scl else [])],
+            geobox=geobox,
+            chunks={"time": -1, "y": chunk, "x": chunk},
+            groupby=lambda item, _parsed, _idx: index[item.id],
+            resampling={"*": spec.grid.resampling, **({scl: "nearest"} if scl else {})},
+            fail_on_error=True,
+        )
+    rename = {key: name for name, key in keys.items()}
+    if scl:
+        rename[scl] = SCL_VAR
+    return ds.rename(rename)
+
+
+def _load_stackstac(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | None,
+                    item_keys: list[Any], geobox: GeoBox, spec: MosaicSpec) -> xr.Dataset:
+    try:
+        import stackstac
+    except ImportError:
+        raise MissingDependencyError("stackstac", "stackstac", "runtime.loader: stackstac") from None
+    from odc.geo.xr import xr_coords
+    from rasterio.enums import Resampling
+
+    epsg = geobox.crs.epsg
+    if epsg is None:
+        raise CubeError(f"runtime.loader stackstac needs an EPSG output CRS, got {geobox.crs}")
+    chunk = spec.runtime.chunks
+    res = geobox.resolution
+    b = geobox.boundingbox
+    env = stackstac.DEFAULT_GDAL_ENV.updated(always=GDAL_SETTINGS)
+    layers: dict[str, xr.DataArray] = {}
+    assets = {**keys, **({SCL_VAR: scl} if scl else {})}
+    for name, key in assets.items():
+        nodata = _nodata(items[0], key)
+        arr = stackstac.stack(
+            list(items), assets=[key], epsg=epsg, resolution=(abs(res.x), abs(res.y)),
+            bounds=(b.left, b.bottom, b.right, b.top), snap_bounds=False,
+            resampling=Resampling.nearest if name == SCL_VAR else Resampling[spec.grid.resampling],
+            dtype=np.dtype("uint8" if name == SCL_VAR else "uint16"), fill_value=nodata,
+            rescale=False, chunksize=(1, 1, chunk, chunk), gdal_env=env, properties=False,
+            band_coords=False,
+        ).isel(band=0, drop=True)
+        # Fuse each (solar day, offset) group with first-valid, as odc-stac's groupby does.
+        group = xr.DataArray([f"{k[0]}|{k[1]}" for k in item_keys], dims="time")
+        fused = arr.groupby(group).map(stackstac.mosaic, dim="time", nodata=nodata)
+        fused = fused.rename({"group": "time"}) if "group" in fused.dims else fused
+        layers[name] = fused.chunk({"time": -1}).drop_vars(
+            [c for c in fused.coords if c not in ("time",)]).assign_attrs(nodata=nodata)
+    ds = xr.Dataset(layers)
+    times = sorted({k for k in item_keys})
+    ds = ds.assign_coords(time=np.array([np.datetime64(t[0]) for t in times], dtype="datetime64[ns]"))
+    return ds.assign_coords(xr_coords(geobox))
+
+
+def _nodata(item: pystac.Item, key: str) -> int:
+    bands = item.assets[key].extra_fields.get("raster:bands") or [{}]
+    nodata = bands[0].get("nodata", 0) if isinstance(bands[0], dict) else 0
+    return int(nodata) if nodata is not None else 0
+
+
+def _harmonise(ds: xr.Dataset, bands: list[str], offsets: list[tuple[int, ...]]) -> xr.Dataset:
+    """Add each time slice's BOA offset (≤ 0, in DN) to its valid pixels, in uint16.
+
+    Valid DNs below the offset would become ≤ 0: they are clamped to 1 so they stay valid
+    (0 is nodata for these products). Nodata pixels are left as they are.
+    """
+    out = ds.copy()
+    for i, name in enumerate(bands):
+        per_time = np.array([o[i] for o in offsets], dtype=np.int64)
+        if not per_time.any():
+            continue
+        if (per_time > 0).any():
+            raise DataError(f"band {name!r}: positive BOA offsets {sorted(set(per_time.tolist()))} "
+                            "are not supported (expected 0 or negative DN offsets such as -1000)")
+        var = ds[name]
+        nodata = int(var.attrs.get("nodata", 0))
+        data = da.map_blocks(_apply_offset, var.data, offsets=per_time, nodata=nodata,
+                             dtype=var.dtype)
+        out[name] = var.copy(data=data)
+    return out
+
+
+def _apply_offset(block: np.ndarray, *, offsets: np.ndarray, nodata: int) -> np.ndarray:
+    out = block.copy()
+    for t, off in enumerate(offsets.tolist()):
+        if off == 0:
+            continue
+        v = out[t]
+        ok = v != nodata
+        np.maximum(v, -off + 1, out=v, where=ok)
+        np.subtract(v, -off, out=v, where=ok)
+    return out

@@ -1,0 +1,111 @@
+"""The one place that decides the output pixel grid, and which output pixels lie in the AOI."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pystac
+import xarray as xr
+from affine import Affine
+from odc.geo import CRS, AnchorEnum
+from odc.geo.geobox import GeoBox
+from odc.geo.xr import xr_coords
+
+from .aoi import AOI
+from .errors import DataError, SpecError
+from .spec import MosaicSpec
+
+__all__ = ["aoi_mask", "native_geobox", "output_geobox"]
+
+
+def output_geobox(spec: MosaicSpec, items: Sequence[pystac.Item] = ()) -> GeoBox:
+    """The output GeoBox: the AOI's extent in the spec's CRS at the spec's resolution.
+
+    Pixel edges sit on multiples of the resolution (``anchor=edge``), which is the native
+    Sentinel-2 grid in the tiles' own UTM zone. With ``grid.resolution: native`` the pixel grid
+    of the first item's first band is used instead (in its CRS: the same pixel size and
+    alignment, so source pixels are kept one to one; in another CRS: its pixel size).
+    """
+    aoi_geom = spec.aoi.odc_geometry()
+    if spec.grid.resolution == "native":
+        if not items:
+            raise SpecError("grid.resolution", "native",
+                            "needs at least one item to take the native grid from")
+        ref = native_geobox(items[0], _first_band_key(items[0], spec))
+        crs = CRS(spec.grid.crs) if spec.grid.crs else ref.crs
+        if crs == ref.crs:
+            return _snap(ref, aoi_geom.to_crs(crs).boundingbox)
+        resolution: Any = ref.resolution
+    else:
+        crs = CRS(spec.grid.crs) if spec.grid.crs else CRS.utm(aoi_geom)
+        resolution = spec.grid.resolution
+    try:
+        return GeoBox.from_geopolygon(aoi_geom.to_crs(crs), resolution=resolution, crs=crs,
+                                      anchor=AnchorEnum.EDGE)
+    except (ValueError, ZeroDivisionError) as e:
+        raise SpecError("grid", {"crs": str(crs), "resolution": spec.grid.resolution},
+                        f"cannot build an output grid for the AOI ({e}); check that the "
+                        "resolution is in the CRS's units (degrees for EPSG:4326)") from None
+
+
+def _snap(ref: GeoBox, bbox: Any) -> GeoBox:
+    """The smallest window of ``ref``'s (possibly unbounded) pixel grid that covers ``bbox``."""
+    inv = ~ref.affine
+    cols, rows = zip(*(inv * xy for xy in ((bbox.left, bbox.top), (bbox.right, bbox.bottom),
+                                            (bbox.left, bbox.bottom), (bbox.right, bbox.top))),
+                     strict=True)
+    eps = 1e-6  # a bbox edge on a pixel edge must not add a row/column of float noise
+    c0, r0 = math.floor(min(cols) + eps), math.floor(min(rows) + eps)
+    c1, r1 = math.ceil(max(cols) - eps), math.ceil(max(rows) - eps)
+    return GeoBox((r1 - r0, c1 - c0), ref.affine @ Affine.translation(c0, r0), ref.crs)
+
+
+def _first_band_key(item: pystac.Item, spec: MosaicSpec) -> str:
+    from .cube import resolve_band
+
+    return resolve_band(item, spec.bands[0])
+
+
+def native_geobox(item: pystac.Item, asset_key: str) -> GeoBox:
+    """The pixel grid of one asset from its (or the item's) ``proj:`` fields."""
+    asset = item.assets.get(asset_key)
+    fields: dict[str, Any] = dict(item.properties)
+    if asset is not None:
+        fields.update({k: v for k, v in asset.extra_fields.items() if k.startswith("proj:")})
+    transform, shape = fields.get("proj:transform"), fields.get("proj:shape")
+    code = fields.get("proj:code") or (f"EPSG:{fields['proj:epsg']}" if fields.get("proj:epsg") else None)
+    if not (transform and shape and code):
+        raise DataError(
+            f"item {item.id!r} asset {asset_key!r} has no complete projection info "
+            "(proj:transform, proj:shape and proj:epsg/proj:code); grid.resolution: native needs "
+            "it — give a numeric grid.resolution instead"
+        )
+    return GeoBox(tuple(shape), Affine(*transform[:6]), CRS(code))
+
+
+def aoi_mask(geobox: GeoBox, aoi: AOI, chunks: int) -> xr.DataArray:
+    """A lazy boolean (y, x) DataArray: True where the pixel centre lies inside the AOI polygon."""
+    geom = aoi.odc_geometry().to_crs(geobox.crs)
+    if geom.contains(geobox.extent):
+        data: Any = da.ones(geobox.shape.yx, dtype=bool, chunks=chunks)
+    else:
+        geojson = geom.json
+        data = da.map_blocks(_rasterize_block, dtype=bool, chunks=da.core.normalize_chunks(
+            chunks, geobox.shape.yx), geojson=geojson, affine=tuple(geobox.affine)[:6],
+            meta=np.array((), dtype=bool))
+    return xr.DataArray(data, dims=("y", "x"), coords=xr_coords(geobox), name="aoi")
+
+
+def _rasterize_block(*, geojson: dict[str, Any], affine: tuple[float, ...],
+                     block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    from rasterio.features import geometry_mask
+
+    assert block_info is not None
+    info = block_info[None]
+    (y0, y1), (x0, x1) = info["array-location"]
+    transform = Affine(*affine) @ Affine.translation(x0, y0)
+    return geometry_mask([geojson], out_shape=(y1 - y0, x1 - x0), transform=transform, invert=True)

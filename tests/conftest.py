@@ -1,0 +1,63 @@
+"""Shared fixtures: real data from ../shared, the demo catalog, a real distributed cluster."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_s2() -> Path | None:
+    """../shared/data/s2 beside the repository (or $S2MOSAIC_SHARED_DATA), if present."""
+    env = os.environ.get("S2MOSAIC_SHARED_DATA")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data" / "s2"]:
+        if (cand / "catalog.json").exists():
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def s2_data() -> Path:
+    path = shared_s2()
+    if path is None:
+        pytest.skip("real Sentinel-2 test data not found: expected ../shared/data/s2 beside the "
+                    "repository or S2MOSAIC_SHARED_DATA")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo catalog (default size), generated once per test session."""
+    from s2mosaic.demo import make_demo_catalog
+
+    return make_demo_catalog(tmp_path_factory.mktemp("demo") / "catalog", seed=0)
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[object]:
+    """A real distributed LocalCluster with worker processes."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests are offline by construction: only loopback connections are allowed."""
+    real_connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: object) -> object:
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and not (host.startswith("127.") or host in ("localhost", "::1")
+                                          or host.startswith("/")):
+            raise OSError(f"test tried to reach the network: {address!r}")
+        return real_connect(self, address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
