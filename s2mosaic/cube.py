@@ -71,9 +71,10 @@ def resolve_band(item: pystac.Item, name: str) -> str:
     for key, asset in item.assets.items():
         if low in _names(asset):
             return key
-    available = sorted(
-        f"{k} ({'/'.join(sorted(_names(a)))})" if _names(a) else k for k, a in item.assets.items()
-    )
+    available = []
+    for key, asset in item.assets.items():
+        common = sorted(_names(asset) - {key.lower()})
+        available.append(f"{key} ({'/'.join(common)})" if common else key)
     raise DataError(
         f"band {name!r} (spec field 'bands') not found in item {item.id!r}; its assets are "
         f"{available}. Use an asset key or an eo:bands common name from that list."
@@ -189,12 +190,14 @@ def _load_stackstac(items: Sequence[pystac.Item], keys: dict[str, str], scl: str
     layers: dict[str, xr.DataArray] = {}
     assets = {**keys, **({SCL_VAR: scl} if scl else {})}
     for name, key in assets.items():
+        dtype = np.dtype("uint8" if name == SCL_VAR else "uint16")
         nodata = _nodata(items[0], key)
         arr = stackstac.stack(
             list(items), assets=[key], epsg=epsg, resolution=(abs(res.x), abs(res.y)),
             bounds=(b.left, b.bottom, b.right, b.top), snap_bounds=False,
             resampling=Resampling.nearest if name == SCL_VAR else Resampling[spec.grid.resampling],
-            dtype=np.dtype("uint8" if name == SCL_VAR else "uint16"), fill_value=nodata,
+            # a numpy scalar: stackstac checks np.can_cast(type(fill_value), dtype)
+            dtype=dtype, fill_value=dtype.type(nodata),
             rescale=False, chunksize=(1, 1, chunk, chunk), gdal_env=env, properties=False,
             band_coords=False,
         ).isel(band=0, drop=True)
@@ -205,9 +208,14 @@ def _load_stackstac(items: Sequence[pystac.Item], keys: dict[str, str], scl: str
         layers[name] = fused.chunk({"time": -1}).drop_vars(
             [c for c in fused.coords if c not in ("time",)]).assign_attrs(nodata=nodata)
     ds = xr.Dataset(layers)
-    times = sorted({k for k in item_keys})
-    ds = ds.assign_coords(time=np.array([np.datetime64(t[0]) for t in times], dtype="datetime64[ns]"))
-    return ds.assign_coords(xr_coords(geobox))
+    # Like odc-stac: each fused observation is stamped with its earliest item's time.
+    first: dict[Any, dt.datetime] = {}
+    for item, key in zip(items, item_keys, strict=True):
+        when = (item.datetime or item.common_metadata.start_datetime)
+        assert when is not None
+        first[key] = min(first.get(key, when), when)
+    times = [np.datetime64(first[k].replace(tzinfo=None), "ns") for k in sorted(first)]
+    return ds.assign_coords(time=np.array(times)).assign_coords(xr_coords(geobox))
 
 
 def _nodata(item: pystac.Item, key: str) -> int:

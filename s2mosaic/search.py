@@ -110,7 +110,9 @@ def search(spec: MosaicSpec, *, allow_empty: bool = False) -> SearchResult:
     kept.sort(key=lambda i: (_datetime(i), i.id))
     result = SearchResult(kept, dropped + dups, q.describe())
     if not result and not allow_empty:
-        why = f"; {len(found)} item(s) matched but were filtered out" if found else ""
+        why = (f"; {len(result.dropped)} item(s) matched but were filtered out: "
+               f"{result.dropped[0].reason}{', …' if len(result.dropped) > 1 else ''}"
+               if result.dropped else "")
         raise EmptySearchError(
             f"No items found for query {json.dumps(q.describe())}{why}. Widen the period, the AOI "
             "or source.max_cloud_cover, or check source.collection."

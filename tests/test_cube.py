@@ -1,0 +1,155 @@
+"""The lazy cube: loaders agree, BOA harmonisation, solar-day grouping, masks across chunks."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import pystac
+import pytest
+import xarray as xr
+
+import s2mosaic
+from s2mosaic.cube import _apply_offset, _groups, load_cube, resolve_band
+from s2mosaic.errors import DataError
+from s2mosaic.grid import output_geobox
+from s2mosaic.masks import dilate, valid_mask
+from s2mosaic.spec import MaskSpec, MosaicSpec
+
+BBOX = [10.0416, 46.0641, 10.0448, 46.0679]
+EOLEARN_BBOX = [14.552, 45.866, 14.564, 45.875]
+
+
+def _spec(s2_data: Path, **kw: object) -> MosaicSpec:
+    base: dict[str, object] = dict(
+        aoi=BBOX, period=["2017-01-01", "2019-12-31"],
+        source={"stac": str(s2_data / "catalog.json")}, bands=["red", "nir", "B11"],
+        grid={"resolution": "native"}, runtime={"chunks": 16, "scheduler": "synchronous"},
+    )
+    base.update(kw)
+    return MosaicSpec(**base)  # type: ignore[arg-type]
+
+
+def test_stackstac_and_odc_stac_give_the_same_cube(s2_data: Path) -> None:
+    spec = _spec(s2_data)
+    items = s2mosaic.search(spec)
+    gbox = output_geobox(spec, items)
+    a = load_cube(items, spec, gbox)
+    b = load_cube(items, spec.replace(runtime={"loader": "stackstac", "chunks": 16}), gbox)
+    assert list(a.data_vars) == list(b.data_vars) == ["red", "nir", "B11", "scl"]
+    np.testing.assert_array_equal(a.time.values.astype("datetime64[s]"),
+                                  b.time.values.astype("datetime64[s]"))
+    with dask.config.set(scheduler="synchronous"):
+        for name in a.data_vars:
+            assert a[name].dtype == b[name].dtype
+            assert a[name].data.chunks == b[name].data.chunks
+            np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+def test_cube_chunks_keep_time_whole(s2_data: Path) -> None:
+    spec = _spec(s2_data)
+    items = s2mosaic.search(spec)
+    cube = load_cube(items, spec, output_geobox(spec, items))
+    assert cube.red.dtype == np.uint16 and cube.scl.dtype == np.uint8
+    assert cube.red.data.chunks[0] == (2,)
+    assert max(cube.red.data.chunks[1]) == 16
+
+
+def test_band_names_resolve_both_conventions(s2_data: Path) -> None:
+    item = s2mosaic.search(_spec(s2_data))[0]
+    assert resolve_band(item, "red") == "B04"
+    assert resolve_band(item, "B04") == "B04"
+    assert resolve_band(item, "b8a" if "B8A" in item.assets else "b08") in ("B8A", "B08")
+    assert resolve_band(item, "swir16") == "B11"
+    with pytest.raises(DataError, match=r"band 'rededge9'.*B04 \(red\)"):
+        resolve_band(item, "rededge9")
+
+
+def test_apply_offset_moves_valid_pixels_only() -> None:
+    block = np.array([[[0, 1000, 1001, 5000]], [[0, 1000, 1001, 5000]]], dtype=np.uint16)
+    out = _apply_offset(block, offsets=np.array([-1000, 0]), nodata=0)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out[0], [[0, 1, 1, 4000]])  # nodata stays, low DN clamps to 1
+    np.testing.assert_array_equal(out[1], block[1])
+    assert block[0, 0, 3] == 5000  # input untouched
+
+
+def test_offset_items_are_harmonised_and_grouped_apart(s2_data: Path) -> None:
+    """A copy of an item declared as baseline 05.10 with offset −0.1 and +1000 DN: the cube
+    subtracts it; same-day items with different offsets stay separate observations."""
+    spec = _spec(s2_data)
+    items = list(s2mosaic.search(spec))
+    shifted = copy.deepcopy(items[1])
+    shifted.id += "_N0510"
+    shifted.properties["s2:processing_baseline"] = "05.10"
+    for asset in shifted.assets.values():
+        for b in asset.extra_fields.get("raster:bands", []):
+            if "scale" in b:
+                b["offset"] = -0.1
+    keys = {"red": "B04", "nir": "B08", "B11": "B11"}
+    item_keys, offsets = _groups([items[0], items[1], shifted], keys)
+    assert offsets == [(0, 0, 0), (-1000, -1000, -1000), (0, 0, 0)]
+    assert item_keys[1][0] == item_keys[2][0]  # same solar day...
+    assert item_keys[1] != item_keys[2]  # ...but not fused
+    # A real +1000 DN product is simulated by the offset itself: the cube of the shifted item
+    # equals the original minus 1000 (clamped at 1).
+    gbox = output_geobox(spec, items)
+    orig = load_cube([items[1]], spec, gbox)
+    harm = load_cube([shifted], spec, gbox)
+    with dask.config.set(scheduler="synchronous"):
+        o, h = orig.red.values, harm.red.values
+    nodata = int(orig.red.attrs["nodata"])
+    ok = o != nodata
+    np.testing.assert_array_equal(h[ok], np.maximum(o[ok], 1001) - 1000)
+    np.testing.assert_array_equal(h[~ok], o[~ok])
+    assert harm.attrs["boa_offsets"]["red"] == [-1000]
+
+
+def test_missing_scl_is_a_clear_error(s2_data: Path) -> None:
+    spec = _spec(s2_data, source={"stac": str(s2_data / "catalog.json"),
+                                  "collection": "sentinel-2-l1c-eolearn"},
+                 aoi=EOLEARN_BBOX, period=["2015-07-01", "2015-09-30"],
+                 bands=["B04"])
+    items = s2mosaic.search(spec)
+    with pytest.raises(DataError, match="has no SCL asset.*mask.method"):
+        load_cube(items, spec, output_geobox(spec, items))
+
+
+def test_dilation_is_exact_across_chunk_edges() -> None:
+    rng = np.random.default_rng(1)
+    mask = rng.random((3, 70, 90)) > 0.985
+    whole = xr.DataArray(mask, dims=("time", "y", "x"))
+    chunked = xr.DataArray(da.from_array(mask, chunks=(3, 16, 16)), dims=("time", "y", "x"))
+    for px in (1, 3):
+        expected = dilate(whole, px).values
+        got = dilate(chunked, px).compute().values
+        np.testing.assert_array_equal(got, expected)
+        # Never across time: each slice dilates on its own.
+        assert got[0].sum() > mask[0].sum()
+        np.testing.assert_array_equal(dilate(whole.isel(time=[1]), px).values[0], expected[1])
+
+
+def test_valid_mask_combines_scl_nodata_and_dilation() -> None:
+    scl = np.full((2, 8, 8), 4, dtype=np.uint8)
+    scl[0, 4, 4] = 9  # a cloud pixel
+    red = np.full((2, 8, 8), 500, dtype=np.uint16)
+    red[1, 0, 0] = 0  # nodata
+    cube = xr.Dataset({
+        "red": xr.DataArray(red, dims=("time", "y", "x"), attrs={"nodata": 0}),
+        "scl": xr.DataArray(scl, dims=("time", "y", "x")),
+    })
+    v = valid_mask(cube, ["red"], MaskSpec()).values
+    assert not v[0, 4, 4] and v[0, 4, 5] and not v[1, 0, 0] and v[1, 4, 4]
+    v1 = valid_mask(cube, ["red"], MaskSpec(dilation=1)).values
+    assert v1[0, 3:6, 3:6].sum() == 0 and v1[0].sum() == 64 - 9
+    assert v1[1, 0, 0] == False and v1[1, 0, 1] == True  # noqa: E712  (nodata is not dilated)
+    vn = valid_mask(cube, ["red"], MaskSpec(method="none")).values
+    assert vn[0, 4, 4] and not vn[1, 0, 0]
+
+
+def test_item_lookup_is_by_pystac_item(s2_data: Path) -> None:
+    items = s2mosaic.search(_spec(s2_data))
+    assert all(isinstance(i, pystac.Item) for i in items)
