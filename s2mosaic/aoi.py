@@ -32,6 +32,10 @@ class AOI:
     source: str = field(compare=False)
     """How the user gave it (bbox text, WKT, file path), for messages and provenance."""
 
+    def __dask_tokenize__(self) -> object:
+        # `source` is informational (compare=False): equal AOIs must give equal task names.
+        return ("s2mosaic.AOI", self.wkt)
+
     @property
     def geometry(self) -> BaseGeometry:
         return shapely.from_wkt(self.wkt)
@@ -107,7 +111,8 @@ class AOI:
         if not (-180 <= w <= e <= 180 and -90 <= s <= n <= 90):
             raise SpecError("", source, f"coordinates out of EPSG:4326 range (bounds {geom.bounds}); "
                             "AOIs are given in lon/lat degrees")
-        return cls(wkt=geom.wkt, source=source)
+        # Normalised (canonical ring order and start), so equal areas compare and tokenize equal.
+        return cls(wkt=shapely.normalize(geom).wkt, source=source)
 
 
 def _geojson_geometry(data: Mapping[str, Any]) -> BaseGeometry:

@@ -31,6 +31,9 @@ __all__ = [
     "search",
 ]
 
+_REFLECTANCE = re.compile(r"B(0[1-9]|1[0-2]|8A)")
+_REFLECTANCE_NAMES = {"coastal", "blue", "green", "red", "rededge", "nir", "nir08", "nir09",
+                      "cirrus", "swir16", "swir22"}
 _MGRS_IN_ID = re.compile(r"(?:^|_)T?(\d{2}[C-X][A-Z]{2})(?:_|$)")
 
 
@@ -160,14 +163,24 @@ def _search_static(q: _Query) -> list[pystac.Item]:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise SearchError(f"source.stac {str(path)!r} is not readable JSON: {e}") from e
-    if data.get("type") == "FeatureCollection":
-        items = list(pystac.ItemCollection.from_dict(data, preserve_dict=False))
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind not in ("FeatureCollection", "Catalog", "Collection", "Feature"):
+        raise SearchError(
+            f"source.stac {str(path)!r} is JSON but not STAC (type {kind!r}); expected a "
+            "catalog.json, collection.json, item or ItemCollection (FeatureCollection)"
+        )
+    bad = (pystac.STACError, pystac.STACTypeError, KeyError, TypeError, ValueError)
+    if kind == "FeatureCollection":
+        try:
+            items = list(pystac.ItemCollection.from_dict(data, preserve_dict=False))
+        except bad as e:
+            raise SearchError(f"source.stac {str(path)!r} is not a valid ItemCollection: {e}") from e
         for item in items:
             _absolute_hrefs(item, path.resolve().parent)
         return items
     try:
         root = pystac.read_file(str(path.resolve()))
-    except pystac.STACError as e:
+    except bad as e:
         raise SearchError(f"source.stac {str(path)!r} is not a STAC catalog or collection: {e}") from e
     if isinstance(root, pystac.Item):
         items = [root]
@@ -268,10 +281,17 @@ def dedupe(items: Iterable[pystac.Item]) -> tuple[list[pystac.Item], list[Droppe
         best = group[-1]
         kept.append(best)
         for other in group[:-1]:
-            dropped.append(DroppedItem(other.id, f"reprocessed duplicate of {best.id} (baseline "
-                                       f"{'.'.join(map(str, _baseline(other))) or '?'} < "
-                                       f"{'.'.join(map(str, _baseline(best))) or '?'} or older)"))
+            if other.id == best.id:
+                reason = "listed more than once by the source"
+            else:
+                reason = (f"reprocessed duplicate of {best.id} (baseline "
+                          f"{_fmt_baseline(other)} vs {_fmt_baseline(best)}; newest kept)")
+            dropped.append(DroppedItem(other.id, reason))
     return kept, dropped
+
+
+def _fmt_baseline(item: pystac.Item) -> str:
+    return ".".join(f"{x:02d}" for x in _baseline(item)) or "unknown"
 
 
 def boa_offset(item: pystac.Item, asset_key: str) -> int:
@@ -283,7 +303,8 @@ def boa_offset(item: pystac.Item, asset_key: str) -> int:
     1. ``earthsearch:boa_offset_applied: true``: Earth Search already subtracted it → 0
        (its ``raster:bands`` still lists −0.1, so the flag must win).
     2. the asset's ``raster:bands[0].offset`` / ``scale`` when an offset is declared;
-    3. baseline ≥ 04.00 without any declaration (e.g. Planetary Computer) → −1000;
+    3. baseline ≥ 04.00 without any declaration (e.g. Planetary Computer) → −1000 for
+       reflectance bands (B01–B12, B8A, or their common names); AOT/WVP/SCL are not shifted;
     4. otherwise 0.
     """
     if item.properties.get("earthsearch:boa_offset_applied") is True:
@@ -294,4 +315,10 @@ def boa_offset(item: pystac.Item, asset_key: str) -> int:
         offset = float(bands[0].get("offset") or 0.0)
         scale = float(bands[0].get("scale") or 0.0001)
         return round(offset / scale)
-    return -1000 if _baseline(item) >= (4, 0) else 0
+    reflectance = (asset is not None and "reflectance" in (asset.roles or [])) or bool(
+        _REFLECTANCE.fullmatch(asset_key.upper()))
+    if asset is not None and not reflectance:
+        names = {str(b.get("common_name", "")) for b in asset.extra_fields.get("eo:bands") or []
+                 if isinstance(b, dict)}
+        reflectance = bool(names & _REFLECTANCE_NAMES)
+    return -1000 if reflectance and _baseline(item) >= (4, 0) else 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -71,6 +72,8 @@ RESAMPLING_METHODS: tuple[str, ...] = (
 )
 LOADERS: tuple[str, ...] = ("odc-stac", "stackstac")
 MASK_METHODS: tuple[str, ...] = ("scl", "none")
+# MGRS tile: UTM zone 01-60, latitude band C-X (no I, O), 100 km square letters (no I, O; rows A-V).
+_MGRS = re.compile(r"(0[1-9]|[1-5]\d|60)[C-HJ-NP-X][A-HJ-NP-Z][A-HJ-NP-V]")
 
 
 def _fail(path: str, value: object, valid: str) -> SpecError:
@@ -92,11 +95,20 @@ def _coerce_section(cls: type[Any], value: Any, path: str) -> Any:
             value[sorted(unknown)[0]],
             f"unknown key; valid keys of '{path}' are {sorted(cls.field_names())}",
         )
+    _require(cls, value, f"{path}.")
     try:
         return cls(**value)
     except SpecError as e:
         # Re-raise with the full dotted path of the field.
         raise SpecError(f"{path}.{e.field}", e.value, e.valid) from None
+
+
+def _require(cls: type[Any], value: Mapping[str, Any], prefix: str) -> None:
+    for f in fields(cls):
+        if (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                and f.name not in value):
+            raise _fail(f"{prefix}{f.name}", None,
+                        f"required key is missing; valid keys are {sorted(cls.field_names())}")
 
 
 def _number(path: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -107,7 +119,7 @@ def _number(path: str, value: Any, *, low: float | None = None, high: float | No
     if integer and not float(value).is_integer():
         raise _fail(path, value, f"expected {kind}")
     if not math.isfinite(value):
-        raise _fail(path, value, f"expected a finite {kind}")
+        raise _fail(path, value, f"expected a finite {'integer' if integer else 'number'}")
     if low is not None and (value <= low if low_open else value < low):
         raise _fail(path, value, f"expected {kind} {'>' if low_open else '>='} {low}"
                     + (f" and <= {high}" if high is not None else ""))
@@ -230,8 +242,7 @@ class SourceSpec(_Section):
         out = []
         for t in tiles:
             tt = str(t).upper().removeprefix("T")
-            if not (len(tt) == 5 and tt[:2].isdigit() and 1 <= int(tt[:2]) <= 60
-                    and tt[2].isalpha() and tt[3:].isalpha()):
+            if not _MGRS.fullmatch(tt):
                 raise _fail("mgrs_tiles", t, "expected MGRS tile ids like '32TNS' (zone 01-60, band "
                             "letter, two-letter square)")
             out.append(tt)
@@ -462,7 +473,7 @@ class MosaicSpec(_Section):
         self._set("period", _coerce_section(Period, period, "period") if period is not None
                   else _raise(_fail("period", None, "a period {start, end} is required")))
         if isinstance(self.source, str | Path):
-            self._set("source", SourceSpec(stac=str(self.source)))
+            self._set("source", {"stac": str(self.source)})
         if self.source is None:
             raise _fail("source", None, "a source {stac: URL or catalog path} is required")
         for name, cls in _SECTIONS.items():
@@ -504,6 +515,7 @@ class MosaicSpec(_Section):
         if unknown:
             raise _fail(unknown[0], data[unknown[0]],
                         f"unknown key; valid top-level keys are {sorted(valid)}")
+        _require(cls, data, "")
         d = dict(data)
         if base_dir is not None:
             d = _resolve_paths(d, Path(base_dir))
@@ -557,7 +569,8 @@ def _plain(v: Any) -> Any:
 
 def _resolve_paths(d: dict[str, Any], base: Path) -> dict[str, Any]:
     def rel(v: Any) -> Any:
-        if isinstance(v, str | Path) and not str(v).startswith(("http://", "https://", "s3://", "gs://")):
+        if (isinstance(v, str | Path) and str(v).strip()
+                and not str(v).startswith(("http://", "https://", "s3://", "gs://"))):
             p = Path(v).expanduser()
             return str(p if p.is_absolute() else base / p)
         return v
