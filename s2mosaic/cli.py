@@ -54,6 +54,7 @@ def search(spec_path: SpecArg,
            as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
            ) -> None:
     """List the scenes the spec's search finds (after filters and de-duplication)."""
+    from .cube import resolve_band
     from .search import boa_offset, mgrs_tile
     from .search import search as do_search
 
@@ -71,12 +72,12 @@ def search(spec_path: SpecArg,
         }))
         return
     table = Table(title=f"{len(items)} scene(s) for {spec_path}")
-    for col in ("id", "datetime (UTC)", "tile", "cloud %", "baseline", "BOA offset"):
+    # Ids are what users copy: never truncate them, let the other columns give way.
+    table.add_column("id", no_wrap=True, min_width=max((len(i.id) for i in items), default=2))
+    for col in ("datetime (UTC)", "tile", "cloud %", "baseline", "BOA offset"):
         table.add_column(col, justify="right" if col in ("cloud %", "BOA offset") else "left")
     band_key = spec.bands[0]
     for i in items:
-        from .cube import resolve_band
-
         cc = i.properties.get("eo:cloud_cover")
         table.add_row(i.id, str(i.datetime)[:19], mgrs_tile(i) or "?",
                       f"{cc:.1f}" if isinstance(cc, int | float) else "?",

@@ -97,7 +97,7 @@ def aoi_mask(geobox: GeoBox, aoi: AOI, chunks: int) -> xr.DataArray:
         data = da.map_blocks(_rasterize_block, dtype=bool, chunks=da.core.normalize_chunks(
             chunks, geobox.shape.yx), geojson=geojson, affine=tuple(geobox.affine)[:6],
             meta=np.array((), dtype=bool))
-    return xr.DataArray(data, dims=("y", "x"), coords=xr_coords(geobox), name="aoi")
+    return xr.DataArray(data, dims=geobox.dimensions, coords=xr_coords(geobox), name="aoi")
 
 
 def _rasterize_block(*, geojson: dict[str, Any], affine: tuple[float, ...],

@@ -44,7 +44,7 @@ def dask_client() -> Iterator[object]:
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster, set_as_default=False) as client:
         yield client
 
 

@@ -114,7 +114,7 @@ def test_missing_scl_is_a_clear_error(s2_data: Path) -> None:
                  aoi=EOLEARN_BBOX, period=["2015-07-01", "2015-09-30"],
                  bands=["B04"])
     items = s2mosaic.search(spec)
-    with pytest.raises(DataError, match="has no SCL asset.*mask.method"):
+    with pytest.raises(DataError, match=r"has no SCL asset.*mask\.method"):
         load_cube(items, spec, output_geobox(spec, items))
 
 
