@@ -41,12 +41,12 @@ class AOI:
         return shapely.from_wkt(self.wkt)
 
     @property
-    def bbox(self) -> tuple[float, float, float, float]:
+    def bbox(self) -> tuple[float, ...]:
         """(west, south, east, north) in degrees."""
-        return tuple(float(v) for v in self.geometry.bounds)  # type: ignore[return-value]
+        return tuple(float(v) for v in self.geometry.bounds)
 
     def to_geojson(self) -> dict[str, Any]:
-        return shapely.geometry.mapping(self.geometry)  # type: ignore[no-any-return]
+        return dict(shapely.geometry.mapping(self.geometry))
 
     def odc_geometry(self) -> Any:
         """The AOI as an ``odc.geo.geom.Geometry`` in EPSG:4326."""

@@ -180,7 +180,7 @@ def _load_stackstac(items: Sequence[pystac.Item], keys: dict[str, str], scl: str
     from odc.geo.xr import xr_coords
     from rasterio.enums import Resampling
 
-    epsg = geobox.crs.epsg
+    epsg = geobox.crs.epsg if geobox.crs is not None else None
     if epsg is None:
         raise CubeError(f"runtime.loader stackstac needs an EPSG output CRS, got {geobox.crs}")
     chunk = spec.runtime.chunks

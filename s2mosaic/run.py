@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,7 +64,7 @@ def write(mosaic_ds: xr.Dataset, output: OutputSpec, *, client: Any = None,
 
 
 def run(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None, client: Any = None,
-        progress: bool = False, on_stage: Callable[[str, Mapping[str, Any]], None] | None = None,
+        progress: bool = False, on_stage: Callable[[str, dict[str, Any]], None] | None = None,
         ) -> RunReport:
     """Search, build and write the mosaic of ``spec`` on the spec's Dask runtime.
 
@@ -99,7 +99,7 @@ def run(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None, client:
         items=len(items),
         dropped=len(prov["dropped_items"]),
         observations=prov["observations"],
-        shape=tuple(prov["grid"]["shape"]),  # type: ignore[arg-type]
+        shape=(prov["grid"]["shape"][0], prov["grid"]["shape"][1]),
         crs=prov["grid"]["crs"],
         outputs={k: (str(v) if v is not None else None) for k, v in asdict(result).items()},
         wall_time_s=round(time.time() - t0, 3),

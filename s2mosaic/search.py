@@ -140,11 +140,11 @@ def _search_api(q: _Query) -> list[pystac.Item]:
     if q.source.max_cloud_cover is not None:
         # CQL2 where the API has it (pgstac, Planetary Computer); the older `query` extension
         # otherwise (Earth Search). Filters are re-applied client-side below either way.
-        if client.conforms_to("FILTER"):  # type: ignore[arg-type]
+        if client.conforms_to("FILTER"):
             kwargs["filter"] = {"op": "<=", "args": [{"property": "eo:cloud_cover"},
                                                      q.source.max_cloud_cover]}
             kwargs["filter_lang"] = "cql2-json"
-        elif client.conforms_to("QUERY"):  # type: ignore[arg-type]
+        elif client.conforms_to("QUERY"):
             kwargs["query"] = {"eo:cloud_cover": {"lte": q.source.max_cloud_cover}}
     try:
         return list(client.search(**kwargs).items())

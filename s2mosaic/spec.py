@@ -12,10 +12,10 @@ import dataclasses
 import datetime as dt
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
@@ -461,13 +461,29 @@ class MosaicSpec(_Section):
 
     SECTIONS: ClassVar[dict[str, type[Any]]] = _SECTIONS
 
+    if TYPE_CHECKING:
+        # What the constructor accepts; __post_init__ turns it into the field types above.
+        def __init__(
+            self,
+            aoi: AOI | Sequence[float] | str | Path | Mapping[str, Any],
+            period: Period | Sequence[str | dt.date] | Mapping[str, Any],
+            source: SourceSpec | str | Path | Mapping[str, Any],
+            bands: Sequence[str] | str = ("red", "green", "blue", "nir"),
+            grid: GridSpec | Mapping[str, Any] | None = None,
+            mask: MaskSpec | Mapping[str, Any] | None = None,
+            composite: CompositeSpec | Mapping[str, Any] | None = None,
+            output: OutputSpec | Mapping[str, Any] | None = None,
+            runtime: RuntimeSpec | Mapping[str, Any] | None = None,
+            name: str = "mosaic",
+        ) -> None: ...
+
     def __post_init__(self) -> None:
         if not isinstance(self.aoi, AOI):
             try:
                 self._set("aoi", AOI.parse(self.aoi))
             except SpecError as e:
                 raise SpecError(f"aoi{'.' + e.field if e.field else ''}", e.value, e.valid) from None
-        period = self.period
+        period: Any = self.period
         if isinstance(period, list | tuple) and len(period) == 2:
             period = {"start": period[0], "end": period[1]}
         self._set("period", _coerce_section(Period, period, "period") if period is not None
