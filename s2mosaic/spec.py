@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
+from ._validate import (
+    Section,
+    choice,
+    coerce_section,
+    date,
+    fail,
+    number,
+    opt_path,
+    require,
+)
 from .aoi import AOI
 from .errors import SpecError
 
@@ -76,97 +85,8 @@ MASK_METHODS: tuple[str, ...] = ("scl", "none")
 _MGRS = re.compile(r"(0[1-9]|[1-5]\d|60)[C-HJ-NP-X][A-HJ-NP-Z][A-HJ-NP-V]")
 
 
-def _fail(path: str, value: object, valid: str) -> SpecError:
-    return SpecError(path, value, valid)
-
-
-def _coerce_section(cls: type[Any], value: Any, path: str) -> Any:
-    """Build a section dataclass from an instance, a mapping or None (defaults)."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, Mapping):
-        raise _fail(path, value, f"expected a mapping with keys {sorted(cls.field_names())}")
-    unknown = set(value) - cls.field_names()
-    if unknown:
-        raise _fail(
-            f"{path}.{sorted(unknown)[0]}",
-            value[sorted(unknown)[0]],
-            f"unknown key; valid keys of '{path}' are {sorted(cls.field_names())}",
-        )
-    _require(cls, value, f"{path}.")
-    try:
-        return cls(**value)
-    except SpecError as e:
-        # Re-raise with the full dotted path of the field.
-        raise SpecError(f"{path}.{e.field}", e.value, e.valid) from None
-
-
-def _require(cls: type[Any], value: Mapping[str, Any], prefix: str) -> None:
-    for f in fields(cls):
-        if (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-                and f.name not in value):
-            raise _fail(f"{prefix}{f.name}", None,
-                        f"required key is missing; valid keys are {sorted(cls.field_names())}")
-
-
-def _number(path: str, value: Any, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, integer: bool = False) -> Any:
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(path, value, f"expected {kind}")
-    if integer and not float(value).is_integer():
-        raise _fail(path, value, f"expected {kind}")
-    if not math.isfinite(value):
-        raise _fail(path, value, f"expected a finite {'integer' if integer else 'number'}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise _fail(path, value, f"expected {kind} {'>' if low_open else '>='} {low}"
-                    + (f" and <= {high}" if high is not None else ""))
-    if high is not None and value > high:
-        raise _fail(path, value, f"expected {kind} <= {high}"
-                    + (f" and {'>' if low_open else '>='} {low}" if low is not None else ""))
-    return int(value) if integer else float(value)
-
-
-def _choice(path: str, value: Any, valid: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in valid:
-        raise _fail(path, value, f"valid values are {list(valid)}")
-    return value
-
-
-def _opt_path(path: str, value: Any) -> Path | None:
-    if value is None:
-        return None
-    if not isinstance(value, str | Path) or str(value) == "":
-        raise _fail(path, value, "expected a file system path (string) or null")
-    return Path(value)
-
-
-class _Section:
-    @classmethod
-    def field_names(cls) -> set[str]:
-        return {f.name for f in fields(cls)}  # type: ignore[arg-type]
-
-    def _set(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-
-
-def _date(path: str, value: Any) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    if isinstance(value, str):
-        try:
-            return dt.date.fromisoformat(value.strip())
-        except ValueError:
-            pass
-    raise _fail(path, value, "expected an ISO date such as '2024-05-01'")
-
-
 @dataclass(frozen=True)
-class Period(_Section):
+class Period(Section):
     """Acquisition period, inclusive on both ends, with an optional month filter."""
 
     start: dt.date
@@ -177,22 +97,22 @@ class Period(_Section):
     """Keep only acquisitions in these calendar months (1-12), e.g. ``[5, 6, 7]`` for May-July."""
 
     def __post_init__(self) -> None:
-        self._set("start", _date("start", self.start))
-        self._set("end", _date("end", self.end))
+        self._set("start", date("start", self.start))
+        self._set("end", date("end", self.end))
         if self.end < self.start:
-            raise _fail("end", self.end.isoformat(),
+            raise fail("end", self.end.isoformat(),
                         f"must be on or after start ({self.start.isoformat()})")
         if self.months is not None:
             months = self.months
             if isinstance(months, int | str) or not isinstance(months, list | tuple):
-                raise _fail("months", months, "expected a list of month numbers 1-12, e.g. [5, 6, 7]")
+                raise fail("months", months, "expected a list of month numbers 1-12, e.g. [5, 6, 7]")
             out = []
             for m in months:
                 if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= 12:
-                    raise _fail("months", list(months), "every month must be an integer 1-12")
+                    raise fail("months", list(months), "every month must be an integer 1-12")
                 out.append(m)
             if not out:
-                raise _fail("months", list(months), "expected at least one month, or null for all")
+                raise fail("months", list(months), "expected at least one month, or null for all")
             self._set("months", tuple(sorted(set(out))))
 
     @property
@@ -209,7 +129,7 @@ class Period(_Section):
 
 
 @dataclass(frozen=True)
-class SourceSpec(_Section):
+class SourceSpec(Section):
     """Where the STAC items come from."""
 
     stac: str
@@ -226,24 +146,24 @@ class SourceSpec(_Section):
         if isinstance(self.stac, Path):
             self._set("stac", str(self.stac))
         if not isinstance(self.stac, str) or not self.stac.strip():
-            raise _fail("stac", self.stac,
+            raise fail("stac", self.stac,
                         "expected a STAC API URL (http/https) or a path to a catalog.json, "
                         "collection.json or ItemCollection file")
         if not isinstance(self.collection, str) or not self.collection:
-            raise _fail("collection", self.collection, "expected a collection id such as 'sentinel-2-l2a'")
+            raise fail("collection", self.collection, "expected a collection id such as 'sentinel-2-l2a'")
         if self.max_cloud_cover is not None:
             self._set("max_cloud_cover",
-                      _number("max_cloud_cover", self.max_cloud_cover, low=0, high=100))
+                      number("max_cloud_cover", self.max_cloud_cover, low=0, high=100))
         tiles = self.mgrs_tiles
         if isinstance(tiles, str):
             tiles = (tiles,)
         if not isinstance(tiles, list | tuple):
-            raise _fail("mgrs_tiles", tiles, "expected a list of MGRS tile ids such as ['32TNS']")
+            raise fail("mgrs_tiles", tiles, "expected a list of MGRS tile ids such as ['32TNS']")
         out = []
         for t in tiles:
             tt = str(t).upper().removeprefix("T")
             if not _MGRS.fullmatch(tt):
-                raise _fail("mgrs_tiles", t, "expected MGRS tile ids like '32TNS' (zone 01-60, band "
+                raise fail("mgrs_tiles", t, "expected MGRS tile ids like '32TNS' (zone 01-60, band "
                             "letter, two-letter square)")
             out.append(tt)
         self._set("mgrs_tiles", tuple(out))
@@ -255,7 +175,7 @@ class SourceSpec(_Section):
 
 
 @dataclass(frozen=True)
-class GridSpec(_Section):
+class GridSpec(Section):
     """The output pixel grid."""
 
     crs: str | None = None
@@ -272,25 +192,25 @@ class GridSpec(_Section):
             if isinstance(self.crs, int) and not isinstance(self.crs, bool):
                 self._set("crs", f"EPSG:{self.crs}")
             if not isinstance(self.crs, str):
-                raise _fail("crs", self.crs, "expected a CRS string such as 'EPSG:32633' or null")
+                raise fail("crs", self.crs, "expected a CRS string such as 'EPSG:32633' or null")
             from pyproj import CRS
             from pyproj.exceptions import CRSError
 
             try:
                 CRS.from_user_input(self.crs)
             except CRSError:
-                raise _fail("crs", self.crs, "not a CRS pyproj understands; use e.g. 'EPSG:32633', "
+                raise fail("crs", self.crs, "not a CRS pyproj understands; use e.g. 'EPSG:32633', "
                             "'EPSG:4326' or a WKT string") from None
         if self.resolution != "native":
             if isinstance(self.resolution, str):
-                raise _fail("resolution", self.resolution,
+                raise fail("resolution", self.resolution,
                             "expected a positive number in CRS units or 'native'")
-            self._set("resolution", _number("resolution", self.resolution, low=0, low_open=True))
-        self._set("resampling", _choice("resampling", self.resampling, RESAMPLING_METHODS))
+            self._set("resolution", number("resolution", self.resolution, low=0, low_open=True))
+        self._set("resampling", choice("resampling", self.resampling, RESAMPLING_METHODS))
 
 
 @dataclass(frozen=True)
-class MaskSpec(_Section):
+class MaskSpec(Section):
     """How invalid (cloud, shadow, nodata) observations are found."""
 
     method: str = "scl"
@@ -302,19 +222,19 @@ class MaskSpec(_Section):
     """Grow the invalid mask by this many output pixels (square structuring element)."""
 
     def __post_init__(self) -> None:
-        self._set("method", _choice("method", self.method, MASK_METHODS))
+        self._set("method", choice("method", self.method, MASK_METHODS))
         classes = self.scl_classes
         if not isinstance(classes, list | tuple):
-            raise _fail("scl_classes", classes, f"expected a list of SCL classes from {sorted(SCL_CLASSES)}")
+            raise fail("scl_classes", classes, f"expected a list of SCL classes from {sorted(SCL_CLASSES)}")
         for c in classes:
             if isinstance(c, bool) or not isinstance(c, int) or c not in SCL_CLASSES:
-                raise _fail("scl_classes", c, f"valid SCL classes are {sorted(SCL_CLASSES)}")
+                raise fail("scl_classes", c, f"valid SCL classes are {sorted(SCL_CLASSES)}")
         self._set("scl_classes", tuple(sorted(set(classes))))
-        self._set("dilation", _number("dilation", self.dilation, low=0, integer=True))
+        self._set("dilation", number("dilation", self.dilation, low=0, integer=True))
 
 
 @dataclass(frozen=True)
-class CompositeSpec(_Section):
+class CompositeSpec(Section):
     """The per-pixel reduction over time."""
 
     method: str = "percentile"
@@ -325,10 +245,10 @@ class CompositeSpec(_Section):
     """Pixels with fewer valid observations are nodata."""
 
     def __post_init__(self) -> None:
-        self._set("method", _choice("method", self.method, COMPOSITE_METHODS))
-        self._set("percentile", _number("percentile", self.percentile, low=0, high=100))
+        self._set("method", choice("method", self.method, COMPOSITE_METHODS))
+        self._set("percentile", number("percentile", self.percentile, low=0, high=100))
         self._set("min_observations",
-                  _number("min_observations", self.min_observations, low=1, integer=True))
+                  number("min_observations", self.min_observations, low=1, integer=True))
 
     @property
     def q(self) -> float:
@@ -337,7 +257,7 @@ class CompositeSpec(_Section):
 
 
 @dataclass(frozen=True)
-class OutputSpec(_Section):
+class OutputSpec(Section):
     """Where and what to write. At least one of ``zarr``/``cog`` is needed to run."""
 
     zarr: Path | None = None
@@ -357,23 +277,23 @@ class OutputSpec(_Section):
 
     def __post_init__(self) -> None:
         for name in ("zarr", "cog", "rgb", "metadata"):
-            self._set(name, _opt_path(name, getattr(self, name)))
+            self._set(name, opt_path(name, getattr(self, name)))
         if self.cog is not None and self.cog.suffix.lower() not in (".tif", ".tiff"):
-            raise _fail("cog", str(self.cog), "a COG path must end in .tif or .tiff")
+            raise fail("cog", str(self.cog), "a COG path must end in .tif or .tiff")
         if self.rgb is not None and self.rgb.suffix.lower() not in (".png", ".tif", ".tiff"):
-            raise _fail("rgb", str(self.rgb), "the display product must end in .png, .tif or .tiff")
+            raise fail("rgb", str(self.rgb), "the display product must end in .png, .tif or .tiff")
         rgb = self.rgb_bands
         if not isinstance(rgb, list | tuple) or len(rgb) != 3 or not all(isinstance(b, str) for b in rgb):
-            raise _fail("rgb_bands", rgb, "expected three band names, e.g. ['red', 'green', 'blue']")
+            raise fail("rgb_bands", rgb, "expected three band names, e.g. ['red', 'green', 'blue']")
         self._set("rgb_bands", tuple(rgb))
         rr = self.rgb_range
         if (not isinstance(rr, list | tuple) or len(rr) != 2
                 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in rr)
                 or not 0 <= rr[0] < rr[1] <= 65535):
-            raise _fail("rgb_range", rr, "expected [low, high] with 0 <= low < high <= 65535")
+            raise fail("rgb_range", rr, "expected [low, high] with 0 <= low < high <= 65535")
         self._set("rgb_range", (rr[0], rr[1]))
         if not isinstance(self.overwrite, bool):
-            raise _fail("overwrite", self.overwrite, "expected true or false")
+            raise fail("overwrite", self.overwrite, "expected true or false")
 
     @property
     def metadata_path(self) -> Path | None:
@@ -387,7 +307,7 @@ class OutputSpec(_Section):
 
 
 @dataclass(frozen=True)
-class RuntimeSpec(_Section):
+class RuntimeSpec(Section):
     """How the computation runs."""
 
     chunks: int = 1024
@@ -403,16 +323,16 @@ class RuntimeSpec(_Section):
     """LocalCluster threads per worker (default: the remaining cores)."""
 
     def __post_init__(self) -> None:
-        self._set("chunks", _number("chunks", self.chunks, low=16, integer=True))
-        self._set("loader", _choice("loader", self.loader, LOADERS))
+        self._set("chunks", number("chunks", self.chunks, low=16, integer=True))
+        self._set("loader", choice("loader", self.loader, LOADERS))
         if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler):
-            raise _fail("scheduler", self.scheduler,
+            raise fail("scheduler", self.scheduler,
                         "expected null, 'synchronous', 'threads' or a scheduler address "
                         "such as 'tcp://10.0.0.5:8786'")
         for name in ("n_workers", "threads_per_worker"):
             v = getattr(self, name)
             if v is not None:
-                self._set(name, _number(name, v, low=1, integer=True))
+                self._set(name, number(name, v, low=1, integer=True))
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -426,7 +346,7 @@ _SECTIONS: dict[str, type[Any]] = {
 
 
 @dataclass(frozen=True)
-class MosaicSpec(_Section):
+class MosaicSpec(Section):
     """Everything that defines one mosaic.
 
     Examples
@@ -486,34 +406,34 @@ class MosaicSpec(_Section):
         period: Any = self.period
         if isinstance(period, list | tuple) and len(period) == 2:
             period = {"start": period[0], "end": period[1]}
-        self._set("period", _coerce_section(Period, period, "period") if period is not None
-                  else _raise(_fail("period", None, "a period {start, end} is required")))
+        self._set("period", coerce_section(Period, period, "period") if period is not None
+                  else _raise(fail("period", None, "a period {start, end} is required")))
         if isinstance(self.source, str | Path):
             self._set("source", {"stac": str(self.source)})
         if self.source is None:
-            raise _fail("source", None, "a source {stac: URL or catalog path} is required")
+            raise fail("source", None, "a source {stac: URL or catalog path} is required")
         for name, cls in _SECTIONS.items():
-            self._set(name, _coerce_section(cls, getattr(self, name), name))
+            self._set(name, coerce_section(cls, getattr(self, name), name))
         bands = self.bands
         if isinstance(bands, str):
             bands = (bands,)
         if not isinstance(bands, list | tuple) or not bands:
-            raise _fail("bands", bands, "expected a non-empty list of band names such as "
+            raise fail("bands", bands, "expected a non-empty list of band names such as "
                         "['red', 'green', 'blue'] or ['B04', 'B03', 'B02']")
         for b in bands:
             if not isinstance(b, str) or not b:
-                raise _fail("bands", b, "every band must be a non-empty string such as 'red' or 'B04'")
+                raise fail("bands", b, "every band must be a non-empty string such as 'red' or 'B04'")
         if len(set(bands)) != len(bands):
-            raise _fail("bands", list(bands), "band names must be unique")
+            raise fail("bands", list(bands), "band names must be unique")
         if any(b.lower() == "scl" for b in bands):
-            raise _fail("bands", list(bands), "'scl' is the mask layer, not a band to composite; "
+            raise fail("bands", list(bands), "'scl' is the mask layer, not a band to composite; "
                         "remove it (masking reads it automatically)")
         self._set("bands", tuple(bands))
         if not isinstance(self.name, str) or not self.name:
-            raise _fail("name", self.name, "expected a non-empty string")
+            raise fail("name", self.name, "expected a non-empty string")
         missing = [b for b in self.output.rgb_bands if b not in self.bands]
         if self.output.rgb is not None and missing:
-            raise _fail("output.rgb_bands", list(self.output.rgb_bands),
+            raise fail("output.rgb_bands", list(self.output.rgb_bands),
                         f"every display band must be one of bands {list(self.bands)}; "
                         f"missing {missing}")
 
@@ -525,13 +445,13 @@ class MosaicSpec(_Section):
         Relative paths (AOI file, local STAC source, outputs) are resolved against ``base_dir``.
         """
         if not isinstance(data, Mapping):
-            raise _fail("<spec>", data, "expected a mapping of spec fields")
+            raise fail("<spec>", data, "expected a mapping of spec fields")
         valid = cls.field_names()
         unknown = sorted(set(data) - valid)
         if unknown:
-            raise _fail(unknown[0], data[unknown[0]],
+            raise fail(unknown[0], data[unknown[0]],
                         f"unknown key; valid top-level keys are {sorted(valid)}")
-        _require(cls, data, "")
+        require(cls, data, "")
         d = dict(data)
         if base_dir is not None:
             d = _resolve_paths(d, Path(base_dir))
@@ -544,11 +464,11 @@ class MosaicSpec(_Section):
         try:
             text = p.read_text()
         except OSError as e:
-            raise _fail("<spec file>", str(p), f"cannot be read ({e.strerror})") from None
+            raise fail("<spec file>", str(p), f"cannot be read ({e.strerror})") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise _fail("<spec file>", str(p), f"is not valid YAML: {e}") from None
+            raise fail("<spec file>", str(p), f"is not valid YAML: {e}") from None
         return cls.from_dict(data or {}, base_dir=p.parent)
 
     def replace(self, **changes: Any) -> MosaicSpec:
