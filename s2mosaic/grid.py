@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,10 +103,15 @@ def aoi_mask(geobox: GeoBox, aoi: AOI, chunks: int) -> xr.DataArray:
 
 def _rasterize_block(*, geojson: dict[str, Any], affine: tuple[float, ...],
                      block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    from rasterio.errors import NotGeoreferencedWarning
     from rasterio.features import geometry_mask
 
     assert block_info is not None
     info = block_info[None]
     (y0, y1), (x0, x1) = info["array-location"]
     transform = Affine(*affine) @ Affine.translation(x0, y0)
-    return geometry_mask([geojson], out_shape=(y1 - y0, x1 - x0), transform=transform, invert=True)
+    with warnings.catch_warnings():
+        # rasterio's scratch in-memory raster warns that it has no geotransform; ours is passed.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return geometry_mask([geojson], out_shape=(y1 - y0, x1 - x0), transform=transform,
+                             invert=True)

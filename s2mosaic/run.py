@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pystac
 import xarray as xr
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import write as _write
 from .cluster import make_client
@@ -53,7 +55,11 @@ def write(mosaic_ds: xr.Dataset, output: OutputSpec, *, client: Any = None,
     ds = mosaic_ds.copy()
     prov: dict[str, Any] = dict(ds.attrs.pop(PROVENANCE_ATTR, None) or {})
     started = time.time()
-    result = _write.write(ds, output, provenance=prov, client=client, progress=progress)
+    if client is not None:
+        client.register_plugin(_QuietRasterio(), name="s2mosaic-quiet-rasterio")
+    with warnings.catch_warnings():
+        _quiet_rasterio()
+        result = _write.write(ds, output, provenance=prov, client=client, progress=progress)
     if result.metadata is not None:
         # The processing time is known only now: complete the sidecar the writer made.
         record = json.loads(result.metadata.read_text())
@@ -61,6 +67,21 @@ def write(mosaic_ds: xr.Dataset, output: OutputSpec, *, client: Any = None,
         record["finished"] = dt.datetime.now(dt.UTC).isoformat()
         _write.write_metadata(result.metadata, record)
     return result
+
+
+def _quiet_rasterio() -> None:
+    # odc-loader warps through rasterio's in-memory rasters, which warn on every read that they
+    # have no geotransform although one is passed explicitly: noise, not a problem with the data.
+    from rasterio.errors import NotGeoreferencedWarning
+
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+
+
+class _QuietRasterio(WorkerPlugin):
+    """Worker plugin: the same filter inside each worker process."""
+
+    def setup(self, worker: Any) -> None:
+        _quiet_rasterio()
 
 
 def run(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None, client: Any = None,
