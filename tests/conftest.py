@@ -48,16 +48,25 @@ def dask_client() -> Iterator[object]:
         yield client
 
 
+def _check_address(address: object) -> None:
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and not (host.startswith("127.") or host in ("localhost", "::1")
+                                      or host.startswith("/")):
+        raise OSError(f"test tried to reach the network: {address!r}")
+
+
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests are offline by construction: only loopback connections are allowed."""
-    real_connect = socket.socket.connect
+    """Tests are offline by construction: only loopback (and UNIX socket) connections pass."""
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
 
-    def guarded(self: socket.socket, address: object) -> object:
-        host = address[0] if isinstance(address, tuple) else address
-        if isinstance(host, str) and not (host.startswith("127.") or host in ("localhost", "::1")
-                                          or host.startswith("/")):
-            raise OSError(f"test tried to reach the network: {address!r}")
-        return real_connect(self, address)  # type: ignore[arg-type]
+    def connect(self: socket.socket, address: object) -> None:
+        _check_address(address)
+        real_connect(self, address)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(socket.socket, "connect", guarded)
+    def connect_ex(self: socket.socket, address: object) -> int:
+        _check_address(address)
+        return real_connect_ex(self, address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)

@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import os
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +63,6 @@ ODC_SITE2 = "odc-stac_site2-2020_jun_jul-35MNM.geojson"
 ODC_PC_ITEM = "odc-stac_S2B_MSIL2A_20190629T212529_R043_T06VVN_20201006T080531.json"
 ODC_ES_OLD_ITEM = "odc-stac_S2A_28QCH_20200714_0_L2A.json"
 RIO_TILER_ITEM = "rio-tiler-pds_S2A_29RKH_20200219_0_L2A.original.json"
-
-
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(self: socket.socket, *args: Any, **kwargs: Any) -> None:
-        raise RuntimeError(f"test tried to open a network connection to {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 
 # -- helpers --------------------------------------------------------------------------------------
