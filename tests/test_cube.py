@@ -153,3 +153,19 @@ def test_valid_mask_combines_scl_nodata_and_dilation() -> None:
 def test_item_lookup_is_by_pystac_item(s2_data: Path) -> None:
     items = s2mosaic.search(_spec(s2_data))
     assert all(isinstance(i, pystac.Item) for i in items)
+
+
+def test_gdal_settings_travel_inside_the_graph(s2_data: Path) -> None:
+    """Workers get the GDAL options from the tasks themselves, not from the client's environ."""
+    import os
+    import pickle
+
+    from s2mosaic.cube import GDAL_SETTINGS
+
+    spec = _spec(s2_data)
+    items = s2mosaic.search(spec)
+    cube = load_cube(items, spec, output_geobox(spec, items))
+    blob = pickle.dumps(dict(cube.red.data.__dask_graph__()))
+    for key in GDAL_SETTINGS:
+        assert key.encode() in blob, key
+        assert key not in os.environ
