@@ -27,6 +27,14 @@ SchedulerOpt = Annotated[
     typer.Option("--scheduler", help="Address of a running Dask scheduler, or 'synchronous' / "
                  "'threads' for no cluster. Default: the spec's runtime.scheduler (a LocalCluster)."),
 ]
+ClusterOpt = Annotated[
+    Path | None,
+    typer.Option("--cluster", help="Cluster profile (YAML, e.g. cluster/slurm-cpu.yaml): start a "
+                 "LocalCluster or dask-jobqueue workers (SLURM, PBS, ...) for the run. Default: "
+                 "the spec's runtime.cluster.", show_default=False),
+]
+ProfileArg = Annotated[Path, typer.Argument(help="Cluster profile (YAML), e.g. "
+                                            "cluster/slurm-gpu.yaml.", show_default=False)]
 
 
 def _fail(e: Exception) -> typer.Exit:
@@ -34,13 +42,27 @@ def _fail(e: Exception) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _load(path: Path, scheduler: str | None = None, overwrite: bool = False) -> MosaicSpec:
-    spec = MosaicSpec.from_yaml(path)
-    if scheduler is not None:
-        spec = spec.replace(runtime={**_section(spec.runtime), "scheduler": scheduler})
+def _load(path: Path, scheduler: str | None = None, overwrite: bool = False,
+          cluster: Path | None = None) -> MosaicSpec:
+    spec = _with_runtime(MosaicSpec.from_yaml(path), scheduler, cluster)
     if overwrite:
         spec = spec.replace(output={**_section(spec.output), "overwrite": True})
     return spec
+
+
+def _with_runtime(spec: MosaicSpec, scheduler: str | None, cluster: Path | None) -> MosaicSpec:
+    """The spec with the --scheduler / --cluster flags applied (each replaces the other)."""
+    if scheduler is not None and cluster is not None:
+        raise typer.BadParameter("give --scheduler or --cluster, not both", param_hint="--cluster")
+    runtime = _section(spec.runtime)
+    if scheduler is not None:
+        runtime.update(scheduler=scheduler, cluster=None)
+    elif cluster is not None:  # relative to the working directory, like any CLI path
+        runtime.update(cluster=cluster.resolve(), scheduler=None, n_workers=None,
+                       threads_per_worker=None)
+    else:
+        return spec
+    return spec.replace(runtime=runtime)
 
 
 def _section(obj: Any) -> dict[str, Any]:
@@ -94,8 +116,9 @@ def _execute(spec: MosaicSpec) -> None:
     def on_stage(name: str, info: dict[str, Any]) -> None:
         if name == "cluster":
             link = info.get("dashboard")
-            console.print(f"Dask dashboard: [link={link}]{link}[/link]" if link
-                          else f"Dask scheduler: {spec.runtime.scheduler}")
+            console.print(f"Dask cluster: {info.get('cluster')}")
+            if link:
+                console.print(f"Dask dashboard: [link={link}]{link}[/link]")
         elif name == "search":
             console.print(f"Found {len(info['items'])} scene(s)")
         elif name == "graph":
@@ -118,11 +141,16 @@ def _execute(spec: MosaicSpec) -> None:
 def run(
     spec_path: SpecArg,
     scheduler: SchedulerOpt = None,
+    cluster: ClusterOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
 ) -> None:
-    """Build the mosaic of a spec and write its outputs (Zarr / COG / display product)."""
+    """Build the mosaic of a spec and write its outputs (Zarr / COG / display product).
+
+    Set S2MOSAIC_WEBHOOK to a (Slack-compatible) webhook URL to be notified of the start, the
+    end (with the run report) and failures.
+    """
     try:
-        spec = _load(spec_path, scheduler, overwrite)
+        spec = _load(spec_path, scheduler, overwrite, cluster)
     except S2MosaicError as e:
         raise _fail(e) from None
     _execute(spec)
@@ -133,6 +161,7 @@ def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where the demo catalog and outputs go.")]
     = Path("s2mosaic-demo"),
     scheduler: SchedulerOpt = None,
+    cluster: ClusterOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic catalog.")] = 0,
 ) -> None:
     """Run the offline demo: generate the synthetic catalog if missing, then mosaic it."""
@@ -144,9 +173,28 @@ def demo(
     spec_file = directory / "demo.yaml"
     spec.to_yaml(spec_file)
     console.print(f"Spec written to {spec_file}")
-    if scheduler is not None:
-        spec = spec.replace(runtime={**_section(spec.runtime), "scheduler": scheduler})
+    try:
+        spec = _with_runtime(spec, scheduler, cluster)
+    except S2MosaicError as e:
+        raise _fail(e) from None
     _execute(spec)
+
+
+cluster_app = typer.Typer(help="Cluster profiles (cluster/*.yaml): see what they would submit.",
+                          no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("script")
+def cluster_script(profile: ProfileArg) -> None:
+    """Print the batch job script one worker job of PROFILE would submit (submits nothing)."""
+    from .cluster import job_script
+
+    try:
+        script = job_script(profile)
+    except S2MosaicError as e:
+        raise _fail(e) from None
+    typer.echo(script)
 
 
 @app.command("show-versions")

@@ -7,10 +7,12 @@ what would be valid, so a user can fix the problem without reading our source.
 from __future__ import annotations
 
 __all__ = [
+    "ClusterError",
     "CubeError",
     "DataError",
     "EmptySearchError",
     "MissingDependencyError",
+    "ModelWeightsError",
     "S2MosaicError",
     "SearchError",
     "SpecError",
@@ -56,6 +58,10 @@ class WriteError(S2MosaicError):
     """An output could not be written (path exists, invalid format, failed write)."""
 
 
+class ClusterError(S2MosaicError):
+    """A cluster could not be started or reached, or its workers never arrived."""
+
+
 class MissingDependencyError(S2MosaicError, ImportError):
     """An optional dependency is not installed; the message gives the pip line that fixes it."""
 
@@ -66,3 +72,12 @@ class MissingDependencyError(S2MosaicError, ImportError):
             f"{feature} needs the optional package {package!r}, which is not installed. "
             f"Install it with: pip install 's2mosaic[{extra}]'"
         )
+
+
+class ModelWeightsError(S2MosaicError, FileNotFoundError):
+    """Model weights a masker needs (OmniCloudMask) are missing from the local weights directory.
+
+    The message lists the expected files with their sizes and SHA-256, where to get them, and the
+    spec field / environment variable that points at the directory. Weights are never downloaded
+    during a run.
+    """

@@ -1,4 +1,8 @@
-"""Running a spec end to end: search → mosaic → write, on the spec's cluster, with a report."""
+"""Running a spec end to end: search → mosaic → write, on the spec's cluster, with a report.
+
+A run posts notifications (start, completion with the report, failure) to the webhook in
+``$S2MOSAIC_WEBHOOK`` when it is set (:mod:`s2mosaic.notify`).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,11 @@ from typing import Any
 
 import pystac
 import xarray as xr
-from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import write as _write
-from .cluster import make_client
+from .cluster import keep_annotations, make_client, quiet_rasterio, quiet_workers
 from .errors import WriteError
+from .notify import Notifier
 from .pipeline import PROVENANCE_ATTR, mosaic
 from .search import search
 from .spec import MosaicSpec, OutputSpec
@@ -56,9 +60,10 @@ def write(mosaic_ds: xr.Dataset, output: OutputSpec, *, client: Any = None,
     prov: dict[str, Any] = dict(ds.attrs.pop(PROVENANCE_ATTR, None) or {})
     started = time.time()
     if client is not None:
-        client.register_plugin(_QuietRasterio(), name="s2mosaic-quiet-rasterio")
-    with warnings.catch_warnings():
-        _quiet_rasterio()
+        quiet_workers(client)
+    # keep_annotations: GPU tasks (cluster.gpu_annotate) keep their resources through compute.
+    with warnings.catch_warnings(), keep_annotations(ds):
+        quiet_rasterio()
         result = _write.write(ds, output, provenance=prov, client=client, progress=progress)
     if result.metadata is not None:
         # The processing time is known only now: complete the sidecar the writer made.
@@ -69,27 +74,17 @@ def write(mosaic_ds: xr.Dataset, output: OutputSpec, *, client: Any = None,
     return result
 
 
-def _quiet_rasterio() -> None:
-    # odc-loader warps through rasterio's in-memory rasters, which warn on every read that they
-    # have no geotransform although one is passed explicitly: noise, not a problem with the data.
-    from rasterio.errors import NotGeoreferencedWarning
-
-    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
-
-
-class _QuietRasterio(WorkerPlugin):
-    """Worker plugin: the same filter inside each worker process."""
-
-    def setup(self, worker: Any) -> None:
-        _quiet_rasterio()
-
-
 def run(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None, client: Any = None,
         progress: bool = False, on_stage: Callable[[str, dict[str, Any]], None] | None = None,
         ) -> RunReport:
     """Search, build and write the mosaic of ``spec`` on the spec's Dask runtime.
 
-    ``on_stage(name, info)`` is called after each stage (the CLI prints from it).
+    The client comes from ``client`` when given, else from ``spec.runtime`` (a LocalCluster, a
+    scheduler address, or a cluster profile in ``runtime.cluster``; see
+    :func:`s2mosaic.cluster.make_client`). ``on_stage(name, info)`` is called after each stage
+    (the CLI prints from it). With ``$S2MOSAIC_WEBHOOK`` set, the start, the completion (with
+    this report) and a failure (error type and message) are posted there; a notification that
+    cannot be delivered only logs a warning.
 
     Examples
     --------
@@ -97,12 +92,29 @@ def run(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None, client:
     >>> report.outputs["cog"]  # doctest: +SKIP
     'out/mosaic.tif'
     """
+    notifier = Notifier.from_env()
+    rt = spec.runtime
+    where = ("the given client" if client is not None else
+             f"cluster profile {rt.cluster}" if rt.cluster is not None else rt.scheduler or "LocalCluster")
+    notifier.started(spec.name, cluster=where,
+                     outputs={k: getattr(spec.output, k) for k in ("zarr", "cog", "rgb")})
+    try:
+        report = _run(spec, items, client, progress, on_stage or (lambda _n, _i: None))
+    except BaseException as e:
+        notifier.failed(spec.name, e)
+        raise
+    notifier.completed(spec.name, asdict(report))
+    return report
+
+
+def _run(spec: MosaicSpec, items: Sequence[pystac.Item] | None, client: Any, progress: bool,
+         notify: Callable[[str, dict[str, Any]], None]) -> RunReport:
     t0 = time.time()
     stages: dict[str, float] = {}
-    notify = on_stage or (lambda _n, _i: None)
-    with make_client(spec.runtime, client=client) as c:
-        dashboard = getattr(c, "dashboard_link", None) if c is not None else None
-        notify("cluster", {"dashboard": dashboard, "client": c})
+    conn = make_client(spec.runtime, client=client)
+    with conn as c:
+        dashboard = conn.dashboard_link
+        notify("cluster", {"dashboard": dashboard, "client": c, "cluster": conn.description})
         if items is None:
             items = search(spec)
         stages["search_s"] = round(time.time() - t0, 3)
