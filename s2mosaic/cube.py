@@ -27,12 +27,42 @@ from odc.geo.geobox import GeoBox
 
 from .errors import CubeError, DataError, MissingDependencyError
 from .search import boa_offset
-from .spec import MosaicSpec
+from .spec import MaskSpec, MosaicSpec
 
-__all__ = ["GDAL_SETTINGS", "SCL_VAR", "load_cube", "resolve_band", "scl_asset_key"]
+__all__ = [
+    "GDAL_SETTINGS",
+    "MASK_BANDS_ATTR",
+    "OCM_BANDS",
+    "S2CLOUDLESS_BANDS",
+    "S2CLOUDLESS_MODEL_BANDS",
+    "SCL_VAR",
+    "load_cube",
+    "mask_band_keys",
+    "resolve_band",
+    "scl_asset_key",
+]
 
 #: Name of the scene classification variable in the cube.
 SCL_VAR = "scl"
+#: Cube attribute listing, in the masker's band order, the variables a cloud masker reads.
+MASK_BANDS_ATTR = "mask_bands"
+#: Prefix of cube variables loaded only for a masker (bands not already in ``spec.bands``).
+_MASK_VAR_PREFIX = "mask_"
+
+#: OmniCloudMask inputs: red, green, NIR. Each entry lists the names tried in turn (ESA id, then
+#: Earth Search key); NIR is B8A (as OCM's own Sentinel-2 loader reads) or else B08.
+OCM_BANDS: tuple[tuple[str, ...], ...] = (("B04", "red"), ("B03", "green"),
+                                          ("B8A", "nir08", "B08", "nir"))
+#: s2cloudless inputs in its model's order: all 13 L1C bands (``all_bands=True``) ...
+S2CLOUDLESS_BANDS: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08",
+                                      "B8A", "B09", "B10", "B11", "B12")
+#: ... or only the 10 its classifier uses (``all_bands=False``).
+S2CLOUDLESS_MODEL_BANDS: tuple[str, ...] = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09",
+                                            "B10", "B11", "B12")
+_EARTH_SEARCH = {"B01": "coastal", "B02": "blue", "B03": "green", "B04": "red",
+                 "B05": "rededge1", "B06": "rededge2", "B07": "rededge3", "B08": "nir",
+                 "B8A": "nir08", "B09": "nir09", "B10": "cirrus", "B11": "swir16",
+                 "B12": "swir22"}
 
 #: GDAL options for fast, quiet COG reads over HTTP(S)/S3 and local files.
 GDAL_SETTINGS: dict[str, Any] = {
@@ -92,6 +122,33 @@ def scl_asset_key(item: pystac.Item) -> str:
     )
 
 
+def _resolve_first(item: pystac.Item, names: Sequence[str], field: str) -> str:
+    for name in names:
+        try:
+            return resolve_band(item, name)
+        except DataError:
+            continue
+    raise DataError(
+        f"item {item.id!r} has none of the bands {list(names)} that {field} needs (assets: "
+        f"{sorted(item.assets)}); use a collection that has them, or another mask.method"
+    )
+
+
+def mask_band_keys(item: pystac.Item, mask: MaskSpec) -> list[str]:
+    """Asset keys of the bands ``mask.method``'s cloud masker reads, in the masker's order.
+
+    OmniCloudMask: red, green, NIR (B8A, else B08). s2cloudless: the 13 L1C bands (or the 10 its
+    model uses). SCL is not listed here (see :func:`scl_asset_key`). Empty for ``scl``/``none``.
+    """
+    field = f"mask.method {mask.method}"
+    if mask.uses_ocm:
+        return [_resolve_first(item, names, field) for names in OCM_BANDS]
+    if mask.method == "s2cloudless":
+        bands = S2CLOUDLESS_BANDS if mask.s2cloudless_all_bands else S2CLOUDLESS_MODEL_BANDS
+        return [_resolve_first(item, (b, _EARTH_SEARCH[b]), field) for b in bands]
+    return []
+
+
 def _solar_day(item: pystac.Item) -> dt.date:
     when = item.datetime or item.common_metadata.start_datetime
     assert when is not None
@@ -114,18 +171,26 @@ def _groups(items: Sequence[pystac.Item], keys: dict[str, str]) -> tuple[list[An
 
 
 def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) -> xr.Dataset:
-    """Lazily load ``spec.bands`` and SCL of ``items`` onto ``geobox``.
+    """Lazily load ``spec.bands``, SCL and the cloud masker's bands of ``items`` onto ``geobox``.
 
     Returns an ``xr.Dataset`` with one ``(time, y, x)`` variable per band, named as in
-    ``spec.bands`` (``uint16``, attr ``nodata``), and ``scl`` (``uint8``) when
-    ``mask.method`` is ``scl``; chunks are
-    ``(all times, spec.runtime.chunks, spec.runtime.chunks)``.
+    ``spec.bands`` (``uint16``, attr ``nodata``), ``scl`` (``uint8``) when ``mask.method``
+    reads SCL, and ``mask_<asset>`` for each band the cloud masker needs that ``spec.bands``
+    does not already hold; attr ``mask_bands`` lists the masker's input variables in its band
+    order. Chunks are ``(all times, spec.runtime.chunks, spec.runtime.chunks)``.
     """
     if not items:
         raise CubeError("no items to load; search returned nothing for this spec")
     ref = items[0]
     keys = {name: resolve_band(ref, name) for name in spec.bands}
-    scl = scl_asset_key(ref) if spec.mask.method == "scl" else None
+    mask_vars = []
+    for key in mask_band_keys(ref, spec.mask):
+        name = next((n for n, k in keys.items() if k == key), None)
+        if name is None:
+            name = f"{_MASK_VAR_PREFIX}{key}"
+            keys[name] = key
+        mask_vars.append(name)
+    scl = scl_asset_key(ref) if spec.mask.uses_scl else None
     for item in items[1:]:
         for name, key in keys.items():
             if key not in item.assets:
@@ -142,6 +207,7 @@ def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) ->
         raise CubeError(f"loader returned {ds.sizes['time']} time slices for {len(offsets)} groups")
     ds = _harmonise(ds, list(keys), offsets)
     ds.attrs["boa_offsets"] = {name: [o[i] for o in offsets] for i, name in enumerate(keys)}
+    ds.attrs[MASK_BANDS_ATTR] = mask_vars
     return ds
 
 

@@ -1,6 +1,29 @@
-"""Observation validity masks: SCL classes, nodata, dilation."""
+"""Observation validity masks: nodata, SCL classes, OmniCloudMask, s2cloudless, buffers.
 
-from .combine import dilate
-from .scl import scl_invalid, valid_mask
+``valid_mask`` is the entry point; each masker is importable on its own. The OmniCloudMask and
+s2cloudless modules import their heavy dependencies (torch, LightGBM) only when they run.
+"""
 
-__all__ = ["dilate", "scl_invalid", "valid_mask"]
+from .combine import (
+    MASKERS,
+    CloudMasker,
+    MaskContext,
+    buffer_pixels,
+    dilate,
+    nodata_mask,
+    pixel_size_m,
+    valid_mask,
+)
+from .scl import scl_invalid
+
+__all__ = [
+    "MASKERS",
+    "CloudMasker",
+    "MaskContext",
+    "buffer_pixels",
+    "dilate",
+    "nodata_mask",
+    "pixel_size_m",
+    "scl_invalid",
+    "valid_mask",
+]
