@@ -14,9 +14,9 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from .composite import composite
-from .cube import load_cube, resolve_band, scl_asset_key
+from .cube import load_cube, mask_band_keys, resolve_band, scl_asset_key
 from .grid import aoi_mask, output_geobox
-from .masks import valid_mask
+from .masks import MaskContext, valid_mask
 from .search import SearchResult, boa_offset, search
 from .spec import MosaicSpec
 
@@ -31,7 +31,8 @@ PERCENTILE_DEFINITION = (
     "valid observations are nodata (0)"
 )
 _PACKAGES = ("s2mosaic", "numpy", "numba", "dask", "distributed", "xarray", "odc-stac", "odc-geo",
-             "odc-loader", "pystac", "pystac-client", "rasterio", "zarr", "stackstac")
+             "odc-loader", "pystac", "pystac-client", "rasterio", "zarr", "stackstac",
+             "omnicloudmask", "torch", "s2cloudless", "lightgbm")
 
 
 def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
@@ -66,7 +67,8 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
     items = list(items) if not isinstance(items, SearchResult) else items
     gbox = geobox or output_geobox(spec, items)
     cube = load_cube(items, spec, gbox)
-    valid = valid_mask(cube, spec.bands, spec.mask) & aoi_mask(gbox, spec.aoi, spec.runtime.chunks)
+    valid = (valid_mask(cube, spec.bands, spec.mask, MaskContext(geobox=gbox))
+             & aoi_mask(gbox, spec.aoi, spec.runtime.chunks))
     c = spec.composite
     result = composite(cube[list(spec.bands)], valid, method=c.method, q=c.q,
                        min_observations=c.min_observations)
@@ -80,7 +82,9 @@ def provenance(spec: MosaicSpec, items: Sequence[pystac.Item], gbox: GeoBox, cub
     years = sorted({(i.datetime or i.common_metadata.start_datetime or dt.datetime.now()).year
                     for i in items})
     keys = {name: resolve_band(items[0], name) for name in spec.bands} if items else {}
-    scl = scl_asset_key(items[0]) if items and spec.mask.method == "scl" else None
+    mask_keys = [k for k in mask_band_keys(items[0], spec.mask) if k not in keys.values()] \
+        if items else []
+    scl = scl_asset_key(items[0]) if items and spec.mask.uses_scl else None
     dropped = getattr(items, "dropped", [])
     return {
         "product": spec.name,
@@ -93,13 +97,15 @@ def provenance(spec: MosaicSpec, items: Sequence[pystac.Item], gbox: GeoBox, cub
                 "eo:cloud_cover": i.properties.get("eo:cloud_cover"),
                 "s2:processing_baseline": i.properties.get("s2:processing_baseline"),
                 "boa_offset": {name: boa_offset(i, key) for name, key in keys.items()},
-                "assets": {k: i.assets[k].href for k in [*keys.values(), scl] if k in i.assets},
+                "assets": {k: i.assets[k].href for k in [*keys.values(), *mask_keys, scl]
+                           if k in i.assets},
             }
             for i in items
         ],
         "dropped_items": [{"id": d.id, "reason": d.reason} for d in dropped],
         "search_query": getattr(items, "query", {}),
         "observations": cube.sizes["time"],
+        "mask": _mask_record(spec),
         "grid": {"crs": str(gbox.crs), "shape": list(gbox.shape.yx),
                  "transform": list(gbox.affine)[:6]},
         "composite": {"method": spec.composite.method, "percentile": spec.composite.q,
@@ -111,6 +117,26 @@ def provenance(spec: MosaicSpec, items: Sequence[pystac.Item], gbox: GeoBox, cub
         "build_started": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(),
         "notice": f"Contains modified Copernicus Sentinel data [{_years(years)}]",
     }
+
+
+def _mask_record(spec: MosaicSpec) -> dict[str, Any]:
+    """What masked the observations, beyond the spec: model versions and weights used."""
+    m = spec.mask
+    out: dict[str, Any] = {"method": m.method}
+    if m.uses_ocm:
+        from .masks.omnicloud import OCM_MODEL_VERSION, OCM_WEIGHT_FILES, resolve_weights_dir
+
+        out["omnicloudmask"] = {
+            "model_version": OCM_MODEL_VERSION,
+            "weights_dir": str(resolve_weights_dir(m)),
+            "published_sha256": {w.name: w.sha256 for w in OCM_WEIGHT_FILES},
+            "resolution_m": m.ocm_resolution,
+        }
+    if m.method == "s2cloudless":
+        out["s2cloudless"] = {"threshold": m.s2cloudless_threshold,
+                              "average_over": m.s2cloudless_average_over,
+                              "dilation_size": m.s2cloudless_dilation_size}
+    return out
 
 
 def _years(years: list[int]) -> str:

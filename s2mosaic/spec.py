@@ -35,6 +35,9 @@ __all__ = [
     "COMPOSITE_METHODS",
     "DEFAULT_SCL_INVALID",
     "LOADERS",
+    "MASK_METHODS",
+    "OCM_DTYPES",
+    "OCM_WEIGHTS_ENV",
     "RESAMPLING_METHODS",
     "SCL_CLASSES",
     "CompositeSpec",
@@ -64,7 +67,7 @@ SCL_CLASSES: dict[int, str] = {
 }
 #: SCL classes masked by default: nodata, defective, shadow, clouds, cirrus. Snow (11) is kept.
 DEFAULT_SCL_INVALID: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
-COMPOSITE_METHODS: tuple[str, ...] = ("percentile", "median", "mean", "first")
+COMPOSITE_METHODS: tuple[str, ...] = ("percentile", "median", "mean", "first", "last", "medoid")
 RESAMPLING_METHODS: tuple[str, ...] = (
     "nearest",
     "bilinear",
@@ -80,7 +83,12 @@ RESAMPLING_METHODS: tuple[str, ...] = (
     "q3",
 )
 LOADERS: tuple[str, ...] = ("odc-stac", "stackstac")
-MASK_METHODS: tuple[str, ...] = ("scl", "none")
+MASK_METHODS: tuple[str, ...] = ("scl", "ocm", "ocm+scl", "s2cloudless", "none")
+#: Inference dtypes of OmniCloudMask (GPU only: on a CPU it always runs in fp32).
+OCM_DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16")
+#: Environment variable naming the OmniCloudMask weights directory when ``mask.ocm_weights`` is
+#: not set.
+OCM_WEIGHTS_ENV = "S2MOSAIC_OCM_WEIGHTS"
 # MGRS tile: UTM zone 01-60, latitude band C-X (no I, O), 100 km square letters (no I, O; rows A-V).
 _MGRS = re.compile(r"(0[1-9]|[1-5]\d|60)[C-HJ-NP-X][A-HJ-NP-Z][A-HJ-NP-V]")
 
@@ -211,15 +219,50 @@ class GridSpec(Section):
 
 @dataclass(frozen=True)
 class MaskSpec(Section):
-    """How invalid (cloud, shadow, nodata) observations are found."""
+    """How invalid (cloud, shadow, nodata) observations are found.
+
+    Nodata is always invalid, whatever the method. ``ocm+scl`` is the recommended method for L2A
+    when the OmniCloudMask weights are available (``ocm_weights`` or ``$S2MOSAIC_OCM_WEIGHTS``);
+    ``scl`` stays the default because OCM needs weights that a user must place first.
+    """
 
     method: str = "scl"
-    """``scl``: the Sentinel-2 scene classification layer (L2A). ``none``: only nodata is
-    masked (e.g. for collections without SCL, such as L1C)."""
+    """``scl``: the Sentinel-2 scene classification layer (L2A). ``ocm``: OmniCloudMask (a
+    PyTorch ensemble; any class but clear is invalid). ``ocm+scl``: the union of both.
+    ``s2cloudless``: Sentinel Hub's pixel classifier on the 13 L1C bands (its model ships with
+    the package). ``none``: only nodata is masked."""
     scl_classes: tuple[int, ...] = DEFAULT_SCL_INVALID
     """SCL classes treated as invalid. Default: 0, 1, 3, 8, 9, 10 (add 11 to drop snow)."""
     dilation: int = 0
-    """Grow the invalid mask by this many output pixels (square structuring element)."""
+    """Grow the invalid (cloud) mask by this many output pixels (square structuring element).
+    Exact across chunk edges. Set this or ``buffer_m``, not both."""
+    buffer_m: float = 0.0
+    """Grow the invalid (cloud) mask by this many metres, converted to whole output pixels
+    (rounded up, per axis) with the output resolution. Set this or ``dilation``, not both."""
+    ocm_weights: Path | None = None
+    """Directory holding the OmniCloudMask v4 weights (two ``.safetensors`` files). None: the
+    directory in ``$S2MOSAIC_OCM_WEIGHTS``. Weights are never downloaded during a run."""
+    ocm_resolution: float = 20.0
+    """Pixel size (metres, 10-50) OCM runs at: the coarsest whole multiple of the output pixel
+    that is not larger than this; its classes are put back on the output grid by nearest."""
+    ocm_batch_size: int = 1
+    """Patches per inference batch (``predict_from_array``'s ``batch_size``)."""
+    ocm_dtype: str = "fp32"
+    """Inference dtype on a GPU: ``fp32``, ``fp16`` or ``bf16``. CPU workers always use fp32."""
+    ocm_patch_size: int = 1000
+    """Patch size (pixels at ``ocm_resolution``, >= 32); reduced to the chunk window when larger."""
+    ocm_overlap: int = 300
+    """Overlap of neighbouring patches (pixels at ``ocm_resolution``), less than the patch size."""
+    ocm_halo: int = 64
+    """Context (pixels at ``ocm_resolution``) read beyond each chunk edge and trimmed after."""
+    s2cloudless_threshold: float = 0.4
+    """Cloud probability above which (after averaging) a pixel is cloud, in [0, 1]."""
+    s2cloudless_average_over: int = 4
+    """Radius (pixels) of the disk the probabilities are averaged over; 0: no averaging."""
+    s2cloudless_dilation_size: int = 2
+    """Radius (pixels) of the disk the cloud mask is dilated with; 0: no dilation."""
+    s2cloudless_all_bands: bool = True
+    """Read all 13 L1C bands (true) or only the 10 the model uses (false); same result."""
 
     def __post_init__(self) -> None:
         self._set("method", choice("method", self.method, MASK_METHODS))
@@ -231,18 +274,51 @@ class MaskSpec(Section):
                 raise fail("scl_classes", c, f"valid SCL classes are {sorted(SCL_CLASSES)}")
         self._set("scl_classes", tuple(sorted(set(classes))))
         self._set("dilation", number("dilation", self.dilation, low=0, integer=True))
+        self._set("buffer_m", number("buffer_m", self.buffer_m, low=0))
+        if self.dilation and self.buffer_m:
+            raise fail("buffer_m", self.buffer_m,
+                        f"set either dilation (pixels, here {self.dilation}) or buffer_m (metres), "
+                        "not both")
+        self._set("ocm_weights", opt_path("ocm_weights", self.ocm_weights))
+        self._set("ocm_resolution", number("ocm_resolution", self.ocm_resolution, low=10, high=50))
+        self._set("ocm_batch_size", number("ocm_batch_size", self.ocm_batch_size, low=1, integer=True))
+        self._set("ocm_dtype", choice("ocm_dtype", self.ocm_dtype, OCM_DTYPES))
+        self._set("ocm_patch_size", number("ocm_patch_size", self.ocm_patch_size, low=32, integer=True))
+        self._set("ocm_overlap", number("ocm_overlap", self.ocm_overlap, low=0, integer=True))
+        if self.ocm_overlap >= self.ocm_patch_size:
+            raise fail("ocm_overlap", self.ocm_overlap,
+                        f"expected an integer >= 0 and < ocm_patch_size ({self.ocm_patch_size})")
+        self._set("ocm_halo", number("ocm_halo", self.ocm_halo, low=0, integer=True))
+        self._set("s2cloudless_threshold",
+                  number("s2cloudless_threshold", self.s2cloudless_threshold, low=0, high=1))
+        for name in ("s2cloudless_average_over", "s2cloudless_dilation_size"):
+            self._set(name, number(name, getattr(self, name), low=0, integer=True))
+        if not isinstance(self.s2cloudless_all_bands, bool):
+            raise fail("s2cloudless_all_bands", self.s2cloudless_all_bands, "expected true or false")
+
+    @property
+    def uses_scl(self) -> bool:
+        """True when the method reads the SCL layer (``scl``, ``ocm+scl``)."""
+        return self.method in ("scl", "ocm+scl")
+
+    @property
+    def uses_ocm(self) -> bool:
+        """True when the method runs OmniCloudMask (``ocm``, ``ocm+scl``)."""
+        return self.method in ("ocm", "ocm+scl")
 
 
 @dataclass(frozen=True)
 class CompositeSpec(Section):
-    """The per-pixel reduction over time."""
+    """The per-pixel reduction over time (all methods exact; see ``s2mosaic.composite``)."""
 
     method: str = "percentile"
-    """One of ``percentile``, ``median``, ``mean``, ``first`` (first valid in date order)."""
+    """One of ``percentile``, ``median``, ``mean``, ``first`` / ``last`` (first / last valid in
+    date order), ``medoid`` (the valid observation nearest, in squared Euclidean distance over
+    all bands, to the per-band median; ties go to the earliest; keeps real spectra)."""
     percentile: float = 25.0
     """q in [0, 100] for ``percentile``; NumPy's "linear" definition over valid observations."""
     min_observations: int = 1
-    """Pixels with fewer valid observations are nodata."""
+    """Pixels with fewer valid observations are nodata (0 in every band, medoid included)."""
 
     def __post_init__(self) -> None:
         self._set("method", choice("method", self.method, COMPOSITE_METHODS))
@@ -317,8 +393,12 @@ class RuntimeSpec(Section):
     scheduler: str | None = None
     """None: a new LocalCluster sized to this machine. ``synchronous`` or ``threads``: no
     cluster (dask's local schedulers). Anything else: the address of a running scheduler."""
+    cluster: Path | None = None
+    """A cluster profile (YAML, see ``cluster/``): a LocalCluster or dask-jobqueue workers (SLURM,
+    PBS, ...) started for the run and stopped after it. Relative to the spec file. Set this or
+    ``scheduler``, not both."""
     n_workers: int | None = None
-    """LocalCluster worker processes (default: one per 2 cores, at least 1)."""
+    """LocalCluster worker processes (default: one per 4 cores, at least 1)."""
     threads_per_worker: int | None = None
     """LocalCluster threads per worker (default: the remaining cores)."""
 
@@ -333,6 +413,18 @@ class RuntimeSpec(Section):
             v = getattr(self, name)
             if v is not None:
                 self._set(name, number(name, v, low=1, integer=True))
+        self._set("cluster", opt_path("cluster", self.cluster))
+        if self.cluster is not None:
+            if self.cluster.suffix.lower() not in (".yaml", ".yml"):
+                raise fail("cluster", str(self.cluster),
+                            "expected a cluster profile YAML file such as cluster/slurm-cpu.yaml")
+            if self.scheduler is not None:
+                raise fail("cluster", str(self.cluster),
+                            f"set either scheduler (here {self.scheduler!r}) or cluster, not both")
+            sized = [n for n in ("n_workers", "threads_per_worker") if getattr(self, n) is not None]
+            if sized:
+                raise fail("cluster", str(self.cluster), f"the profile sizes the cluster: remove "
+                            f"{sized[0]} (it sizes only the default LocalCluster)")
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -519,6 +611,12 @@ def _resolve_paths(d: dict[str, Any], base: Path) -> dict[str, Any]:
         d["source"] = {**src, "stac": rel(src["stac"])}
     elif isinstance(src, str):
         d["source"] = {"stac": rel(src)}
+    runtime = d.get("runtime")
+    if isinstance(runtime, Mapping) and runtime.get("cluster") is not None:
+        d["runtime"] = {**runtime, "cluster": rel(runtime["cluster"])}
+    mask = d.get("mask")
+    if isinstance(mask, Mapping) and mask.get("ocm_weights") is not None:
+        d["mask"] = {**mask, "ocm_weights": rel(mask["ocm_weights"])}
     out = d.get("output")
     if isinstance(out, Mapping):
         d["output"] = {k: (rel(v) if k in ("zarr", "cog", "rgb", "metadata") and v is not None else v)

@@ -68,6 +68,9 @@ CASES = [
     ("median", {}, {}),
     ("mean", {"min_observations": 2}, {"min_obs": 2}),
     ("first", {}, {}),
+    ("last", {"min_observations": 2}, {"min_obs": 2}),
+    ("medoid", {}, {}),
+    ("medoid", {"min_observations": 3}, {"min_obs": 3}),
 ]
 
 
@@ -86,9 +89,10 @@ def test_dask_result_equals_kernels(method, kwargs, kernel_kwargs):
     assert computed["count"].dtype == np.uint16
 
 
-def test_one_reduction_task_per_spatial_chunk(monkeypatch):
+@pytest.mark.parametrize("method", ["percentile", "medoid"])
+def test_one_reduction_task_per_spatial_chunk(monkeypatch, method):
     cube, valid = make_cube()
-    out = composite(cube, valid)
+    out = composite(cube, valid, method=method)
     layers = out.__dask_graph__().layers
     reductions = [name for name in layers if name.startswith("s2mosaic-composite-")]
     assert len(reductions) == 1
@@ -101,11 +105,26 @@ def test_one_reduction_task_per_spatial_chunk(monkeypatch):
 
     def counting(self, valid_block, *band_blocks):
         calls.append(len(band_blocks))
+        # The chunks reach the task as Dask holds them: the one block along time of each band.
+        for blocks in (valid_block, *band_blocks):
+            assert isinstance(blocks, list) and len(blocks) == 1 and blocks[0].ndim == 3
         return original(self, valid_block, *band_blocks)
 
+    concatenated = []
+    concatenate3 = dask.array.core.concatenate3
+
+    def recording(arrays):
+        # Input chunks would come as [block (T, y, x)]; the outputs are assembled from nested
+        # lists of (y, x) blocks, which is the one concatenation expected.
+        if isinstance(arrays[0], np.ndarray) and arrays[0].ndim == 3:
+            concatenated.append(arrays[0].shape)
+        return concatenate3(arrays)
+
     monkeypatch.setattr(composite_xr._ChunkReducer, "__call__", counting)
+    monkeypatch.setattr(dask.array.core, "concatenate3", recording)
     dask.compute(out, scheduler="sync")
     assert calls == [len(BANDS)] * N_SPATIAL_CHUNKS
+    assert concatenated == []  # no input chunk is "concatenated" (copied) on its way in
 
 
 def test_coordinates_attrs_and_grid_mapping_kept():
@@ -135,6 +154,8 @@ def test_median_and_mean_attrs():
     assert composite(cube, valid, method="median").attrs["composite_percentile"] == 50.0
     attrs = composite(cube, valid, method="mean").attrs
     assert attrs == {"composite_method": "mean", "min_observations": 1}
+    attrs = composite(cube, valid, method="medoid", q=10).attrs  # q is ignored but for percentile
+    assert attrs == {"composite_method": "medoid", "min_observations": 1}
 
 
 def test_count_and_nodata():
@@ -196,8 +217,8 @@ def test_uint8_band_keeps_its_dtype():
 
 def test_input_errors_name_the_problem():
     cube, valid = make_cube()
-    with pytest.raises(ValueError, match="method='medoid' is not a composite method"):
-        composite(cube, valid, method="medoid")
+    with pytest.raises(ValueError, match="method='mode' is not a composite method"):
+        composite(cube, valid, method="mode")
     with pytest.raises(ValueError, match=r"q=120 is outside the valid range"):
         composite(cube, valid, q=120)
     with pytest.raises(ValueError, match="min_observations=0 is invalid"):
@@ -231,3 +252,64 @@ def test_computes_on_worker_processes(dask_client):
     expected = _numpy_expected(cube, valid, "percentile", q=40.0)
     np.testing.assert_array_equal(computed.nir.values, expected[1])
     np.testing.assert_array_equal(computed["count"].values, valid.values.sum(axis=0))
+
+
+def test_medoid_keeps_real_spectra():
+    # Every output pixel is one valid observation of the cube, all bands from the same date.
+    cube, valid = make_cube(seed=5)
+    out = composite(cube, valid, method="medoid").compute()
+    red, nir, ok = cube.red.values, cube.nir.values, valid.values
+    n = out["count"].values
+    for y, x in [(2, 3), (10, 40), (33, 95), (63, 0), (1, 1)]:
+        if n[y, x] == 0:
+            continue
+        dates = [
+            t
+            for t in range(T)
+            if ok[t, y, x]
+            and red[t, y, x] == out.red.values[y, x]
+            and nir[t, y, x] == out.nir.values[y, x]
+        ]
+        assert dates, (y, x)
+
+
+def test_mixed_band_dtypes_in_one_task():
+    cube, valid = make_cube()
+    cube["scl_like"] = (cube.red // 40).astype(np.uint8)
+    out = composite(cube, valid, method="medoid").compute()
+    assert out.scl_like.dtype == np.uint8 and out.red.dtype == np.uint16
+    data = np.stack([cube[b].values.astype(np.uint16) for b in ("red", "nir", "scl_like")], axis=1)
+    expected = reduce("medoid", data, valid.values)
+    np.testing.assert_array_equal(out.scl_like.values, expected[2])
+    np.testing.assert_array_equal(out.red.values, expected[0])
+
+
+@pytest.fixture
+def cupy_gpu():
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: pip install 's2mosaic[gpu]'")
+    try:
+        n_devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CUDARuntimeError without a driver
+        pytest.skip(f"CuPy finds no usable CUDA GPU: {err}")
+    if n_devices < 1:
+        pytest.skip("CuPy finds no CUDA GPU")
+    return cupy
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["percentile", "median", "mean", "last", "medoid"])
+def test_cupy_chunks_stay_on_the_gpu(cupy_gpu, method):
+    cupy = cupy_gpu
+    cube, valid = make_cube()
+
+    def to_gpu(arr):
+        return arr.copy(data=arr.data.map_blocks(cupy.asarray))
+
+    gpu_cube = cube.map(to_gpu)
+    out = composite(gpu_cube, to_gpu(valid), method=method)
+    assert type(out.red.data._meta).__module__.startswith("cupy")  # the graph stays on device
+    computed = out.compute()
+    assert type(computed.red.data).__module__.startswith("cupy")
+    expected = composite(cube, valid, method=method).compute()
+    for name in (*BANDS, "count"):
+        np.testing.assert_array_equal(cupy.asnumpy(computed[name].data), expected[name].values)

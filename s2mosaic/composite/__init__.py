@@ -1,12 +1,14 @@
 """Per-pixel compositing of a (time, y, x) cube into a (y, x) mosaic.
 
-``composite`` wraps the array kernels of :mod:`s2mosaic.composite._kernels` (NumPy/Numba on the
-CPU; CuPy arrays are reduced on the host until the GPU kernels land) for xarray and Dask.
+``composite`` wraps the array kernels of :mod:`s2mosaic.composite._kernels` for xarray and Dask.
+The array type of a chunk picks the implementation: NumPy arrays run the Numba kernels
+(:mod:`._cpu`), CuPy arrays the CuPy/CUDA kernels (:mod:`._gpu`); both share the plans of
+:mod:`._plan` and agree bit for bit with NumPy.
 """
 
 from __future__ import annotations
 
-from ._kernels import METHODS, count, first, mean, percentile, reduce
+from ._kernels import METHODS, count, first, last, mean, median, medoid, percentile, reduce
 from ._xr import PERCENTILE_DEFINITION, composite
 
 __all__ = [
@@ -15,7 +17,10 @@ __all__ = [
     "composite",
     "count",
     "first",
+    "last",
     "mean",
+    "median",
+    "medoid",
     "percentile",
     "reduce",
 ]

@@ -3,7 +3,17 @@
 All bands of a spatial chunk, and their count of valid observations, come out of ONE task:
 ``dask.array.blockwise`` takes every band and the mask of a chunk as separate arguments, contracts
 the (single) time chunk and adds a band axis. Stacking bands with ``da.stack`` first would give
-the band axis chunks of size 1 and so one task per band, or an extra concatenation layer.
+the band axis chunks of size 1 and so one task per band, or an extra concatenation layer. The
+task hands the band chunks to the kernels as they are (no stacked copy); the medoid, which needs
+every band of a pixel at once, is reduced in that same task.
+
+Parallelism: inside a Dask graph each task runs the *serial* Numba kernel, because Dask already
+runs one task per thread: a parallel kernel per task would oversubscribe the cores, and Numba's
+``workqueue`` threading layer (its fallback where TBB and OpenMP are absent) must not be entered
+from several threads at once. A NumPy-backed cube is reduced in one call of the *parallel*
+kernel, which is the right tool for one big call. CuPy chunks run the GPU kernels and stay on the
+GPU: the result's chunks are CuPy arrays (``meta`` follows the input), moved to the host only by
+whoever writes them.
 """
 
 from __future__ import annotations
@@ -16,12 +26,7 @@ import numpy as np
 import xarray as xr
 from dask.array.utils import meta_from_array
 
-from ._kernels import (
-    _check_method,
-    _check_min_obs,
-    _check_q,
-    _reduce_with_count,
-)
+from ._kernels import _check_method, _check_min_obs, _check_q, _is_cupy, reduce_bands
 
 __all__ = ["composite"]
 
@@ -33,7 +38,8 @@ PERCENTILE_DEFINITION = "numpy linear over valid observations, rounded half-to-e
 
 @dataclass(frozen=True)
 class _ChunkReducer:
-    """The task function: reduces one spatial chunk of every band. Enters the Dask graph.
+    """The task function: reduces one spatial chunk of every band (NumPy or CuPy). Enters the
+    Dask graph.
 
     A frozen dataclass so that it pickles to distributed workers and tokenizes by value, which
     keeps task names stable for identical inputs.
@@ -49,9 +55,17 @@ class _ChunkReducer:
     """Use Numba's thread pool; False inside Dask, whose chunks already run in parallel."""
 
     def __call__(self, valid: Any, *bands: Any) -> Any:
-        # (T, y, x) blocks -> (T, B, y, x): one copy of the chunk in its integer dtype.
-        data = bands[0][:, None] if len(bands) == 1 else np.stack(bands, axis=1)
-        return _reduce_with_count(self.method, data, valid, self.q, self.min_obs, self.parallel)
+        # The (T, y, x) blocks go to the kernels as they are: no stacked copy of the chunk.
+        # In the graph, each argument is the list of its blocks along time: exactly one.
+        valid = _single_block(valid)
+        bands = tuple(_single_block(b) for b in bands)
+        return reduce_bands(self.method, bands, valid, self.q, self.min_obs, self.parallel)
+
+
+def _single_block(x: Any) -> Any:
+    if isinstance(x, list):
+        (x,) = x
+    return x
 
 
 def composite(
@@ -74,7 +88,10 @@ def composite(
         Boolean ``("time", y, x)``, True where an observation is usable; same coordinates (and
         ideally the same chunks) as ``cube``.
     method
-        ``"percentile"``, ``"median"``, ``"mean"`` or ``"first"`` (first valid in time order).
+        ``"percentile"``, ``"median"``, ``"mean"``, ``"first"`` / ``"last"`` (first / last valid
+        in time order) or ``"medoid"`` (per pixel, the valid observation nearest to the per-band
+        median, in squared Euclidean distance over all bands; every band then comes from that
+        one observation).
     q
         Percentile in [0, 100], used by ``method="percentile"`` only (``"median"`` is 50).
         NumPy's default "linear" definition over the valid observations, rounded half-to-even.
@@ -117,8 +134,13 @@ def composite(
         stacked = _lazy_reduce(names, bands, mask, method_name, q_kernel, min_obs)
     else:
         reducer = _ChunkReducer(method_name, q_kernel, min_obs, parallel=True)
-        stacked = reducer(np.asarray(mask), *(np.asarray(b) for b in bands))
+        stacked = reducer(_as_array(mask), *(_as_array(b) for b in bands))
     return _assemble(cube, names, dims[1:], stacked, method_name, q_kernel, min_obs)
+
+
+def _as_array(x: Any) -> Any:
+    """NumPy arrays and CuPy arrays as they are (CuPy refuses ``np.asarray``)."""
+    return x if _is_cupy(x) else np.asarray(x)
 
 
 def _check_inputs(cube: xr.Dataset, valid: xr.DataArray) -> tuple[list[str], tuple[str, ...]]:
@@ -191,7 +213,9 @@ def _lazy_reduce(
         "byx",
         *args,
         new_axes={"b": len(names) + 1},
-        concatenate=True,
+        # Lists of blocks along the contracted time index (one block each, checked above):
+        # concatenate=True would "concatenate" each single block into a fresh copy.
+        concatenate=False,
         dtype=np.uint16,
         meta=meta_from_array(template, ndim=3, dtype=np.uint16),
         token=f"s2mosaic-composite-{method}",
