@@ -48,6 +48,19 @@ def dask_client() -> Iterator[object]:
         yield client
 
 
+@pytest.fixture
+def cupy_gpu() -> object:
+    """CuPy with a usable CUDA device, else skip with the reason."""
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: pip install 's2mosaic[gpu]'")
+    try:
+        n_devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CUDARuntimeError without a driver
+        pytest.skip(f"CuPy finds no usable CUDA GPU: {err}")
+    if n_devices < 1:
+        pytest.skip("CuPy finds no CUDA GPU")
+    return cupy
+
+
 def _check_address(address: object) -> None:
     host = address[0] if isinstance(address, tuple) else address
     if isinstance(host, str) and not (host.startswith("127.") or host in ("localhost", "::1")

@@ -284,18 +284,6 @@ def test_mixed_band_dtypes_in_one_task():
     np.testing.assert_array_equal(out.red.values, expected[0])
 
 
-@pytest.fixture
-def cupy_gpu():
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: pip install 's2mosaic[gpu]'")
-    try:
-        n_devices = cupy.cuda.runtime.getDeviceCount()
-    except Exception as err:  # CUDARuntimeError without a driver
-        pytest.skip(f"CuPy finds no usable CUDA GPU: {err}")
-    if n_devices < 1:
-        pytest.skip("CuPy finds no CUDA GPU")
-    return cupy
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("method", ["percentile", "median", "mean", "last", "medoid"])
 def test_cupy_chunks_stay_on_the_gpu(cupy_gpu, method):

@@ -615,18 +615,6 @@ def test_cuda_source_compiles_with_nvcc(tmp_path):
 # --------------------------------------------------------------------------- on a GPU
 
 
-@pytest.fixture
-def cupy_gpu():
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: pip install 's2mosaic[gpu]'")
-    try:
-        n_devices = cupy.cuda.runtime.getDeviceCount()
-    except Exception as err:  # CUDARuntimeError without a driver
-        pytest.skip(f"CuPy finds no usable CUDA GPU: {err}")
-    if n_devices < 1:
-        pytest.skip("CuPy finds no CUDA GPU")
-    return cupy
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("n_time", [1, 5, 24, 64, 65, 150])  # the CUDA kernel, then the sort path
 def test_gpu_equals_cpu_bit_for_bit(cupy_gpu, n_time):
