@@ -47,6 +47,8 @@ from s2mosaic.demo import demo_spec
 from s2mosaic.errors import SpecError
 from s2mosaic.spec import MosaicSpec, RuntimeSpec
 
+from .oracle import assert_identical_outputs
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "cluster"
 PARTITION = os.environ.get("SLURM_PARTITION", "debug")
@@ -475,15 +477,7 @@ def test_slurm_mosaic_is_byte_identical_to_synchronous(
     assert len(seen["jobs"]) == 2 and all(j.endswith("RUNNING") for j in seen["jobs"])
     assert report.dashboard and report.dashboard.startswith("http://127.0.0.1:")
     # Byte for byte: the COG and every Zarr chunk.
-    a, b = sync.output, clus.output
-    assert a.cog is not None and b.cog is not None and a.zarr is not None and b.zarr is not None
-    assert a.cog.read_bytes() == b.cog.read_bytes()
-    files_a = sorted(p.relative_to(a.zarr) for p in a.zarr.rglob("*") if p.is_file())
-    files_b = sorted(p.relative_to(b.zarr) for p in b.zarr.rglob("*") if p.is_file())
-    assert files_a == files_b and len(files_a) > 5
-    for rel in files_a:
-        if rel.name not in (".zmetadata", ".zattrs"):
-            assert (a.zarr / rel).read_bytes() == (b.zarr / rel).read_bytes(), rel
+    assert_identical_outputs(sync.output, clus.output)
     assert any(slurm.glob("*.out")), "sbatch wrote the worker logs into log-directory"
 
 
