@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -46,7 +47,7 @@ def _load(path: Path, scheduler: str | None = None, overwrite: bool = False,
           cluster: Path | None = None) -> MosaicSpec:
     spec = _with_runtime(MosaicSpec.from_yaml(path), scheduler, cluster)
     if overwrite:
-        spec = spec.replace(output={**_section(spec.output), "overwrite": True})
+        spec = spec.replace(output=dataclasses.replace(spec.output, overwrite=True))
     return spec
 
 
@@ -54,21 +55,14 @@ def _with_runtime(spec: MosaicSpec, scheduler: str | None, cluster: Path | None)
     """The spec with the --scheduler / --cluster flags applied (each replaces the other)."""
     if scheduler is not None and cluster is not None:
         raise typer.BadParameter("give --scheduler or --cluster, not both", param_hint="--cluster")
-    runtime = _section(spec.runtime)
     if scheduler is not None:
-        runtime.update(scheduler=scheduler, cluster=None)
+        runtime = dataclasses.replace(spec.runtime, scheduler=scheduler, cluster=None)
     elif cluster is not None:  # relative to the working directory, like any CLI path
-        runtime.update(cluster=cluster.resolve(), scheduler=None, n_workers=None,
-                       threads_per_worker=None)
+        runtime = dataclasses.replace(spec.runtime, cluster=cluster.resolve(), scheduler=None,
+                                      n_workers=None, threads_per_worker=None)
     else:
         return spec
     return spec.replace(runtime=runtime)
-
-
-def _section(obj: Any) -> dict[str, Any]:
-    from dataclasses import fields
-
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 
 @app.command()
