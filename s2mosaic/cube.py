@@ -26,7 +26,7 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from .errors import CubeError, DataError, MissingDependencyError
-from .search import boa_offset
+from .search import boa_offset, item_datetime
 from .spec import MaskSpec, MosaicSpec
 
 __all__ = [
@@ -150,8 +150,7 @@ def mask_band_keys(item: pystac.Item, mask: MaskSpec) -> list[str]:
 
 
 def _solar_day(item: pystac.Item) -> dt.date:
-    when = item.datetime or item.common_metadata.start_datetime
-    assert when is not None
+    when = item_datetime(item)
     lon = shapely.geometry.shape(item.geometry).centroid.x if item.geometry else 0.0
     return (when + dt.timedelta(seconds=lon * 240)).date()  # 240 s of solar time per degree
 
@@ -277,8 +276,7 @@ def _load_stackstac(items: Sequence[pystac.Item], keys: dict[str, str], scl: str
     # Like odc-stac: each fused observation is stamped with its earliest item's time.
     first: dict[Any, dt.datetime] = {}
     for item, key in zip(items, item_keys, strict=True):
-        when = (item.datetime or item.common_metadata.start_datetime)
-        assert when is not None
+        when = item_datetime(item)
         first[key] = min(first.get(key, when), when)
     times = [np.datetime64(first[k].replace(tzinfo=None), "ns") for k in sorted(first)]
     return ds.assign_coords(time=np.array(times)).assign_coords(xr_coords(geobox))

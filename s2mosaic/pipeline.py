@@ -17,7 +17,7 @@ from .composite import composite
 from .cube import load_cube, mask_band_keys, resolve_band, scl_asset_key
 from .grid import aoi_mask, output_geobox
 from .masks import MaskContext, valid_mask
-from .search import SearchResult, boa_offset, search
+from .search import SearchResult, boa_offset, item_datetime, search
 from .spec import MosaicSpec
 
 __all__ = ["PROVENANCE_ATTR", "mosaic", "provenance", "software_versions"]
@@ -79,8 +79,7 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
 def provenance(spec: MosaicSpec, items: Sequence[pystac.Item], gbox: GeoBox, cube: xr.Dataset,
                started: float) -> dict[str, Any]:
     """The record written beside every output (``metadata.json``)."""
-    years = sorted({(i.datetime or i.common_metadata.start_datetime or dt.datetime.now()).year
-                    for i in items})
+    years = sorted({item_datetime(i).year for i in items})
     keys = {name: resolve_band(items[0], name) for name in spec.bands} if items else {}
     mask_keys = [k for k in mask_band_keys(items[0], spec.mask) if k not in keys.values()] \
         if items else []

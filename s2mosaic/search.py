@@ -27,6 +27,7 @@ __all__ = [
     "SearchResult",
     "boa_offset",
     "dedupe",
+    "item_datetime",
     "mgrs_tile",
     "search",
 ]
@@ -110,7 +111,7 @@ def search(spec: MosaicSpec, *, allow_empty: bool = False) -> SearchResult:
     found = _search_api(q) if spec.source.is_api else _search_static(q)
     kept, dropped = _filter(found, q, spec)
     kept, dups = dedupe(kept)
-    kept.sort(key=lambda i: (_datetime(i), i.id))
+    kept.sort(key=lambda i: (item_datetime(i), i.id))
     result = SearchResult(kept, dropped + dups, q.describe())
     if not result and not allow_empty:
         why = (f"; {len(result.dropped)} item(s) matched but were filtered out: "
@@ -210,7 +211,7 @@ def _filter(items: list[pystac.Item], q: _Query, spec: MosaicSpec) -> tuple[list
         reason = None
         if item.collection_id not in (None, src.collection):
             continue  # other collections in the same catalog are not "dropped", just not ours
-        when = _datetime(item)
+        when = item_datetime(item)
         if item.geometry is None or not shapely.geometry.shape(item.geometry).intersects(aoi):
             continue
         if not spec.period.contains(when):
@@ -228,7 +229,8 @@ def _filter(items: list[pystac.Item], q: _Query, spec: MosaicSpec) -> tuple[list
     return kept, dropped
 
 
-def _datetime(item: pystac.Item) -> dt.datetime:
+def item_datetime(item: pystac.Item) -> dt.datetime:
+    """The acquisition time of an item: ``datetime``, else ``start_datetime``."""
     when = item.datetime or item.common_metadata.start_datetime
     if when is None:
         raise SearchError(f"item {item.id!r} has no datetime (nor start_datetime)")
@@ -271,7 +273,7 @@ def dedupe(items: Iterable[pystac.Item]) -> tuple[list[pystac.Item], list[Droppe
     """
     groups: dict[tuple[Any, ...], list[pystac.Item]] = {}
     for item in items:
-        when = _datetime(item).replace(microsecond=0)
+        when = item_datetime(item).replace(microsecond=0)
         key = (item.properties.get("platform"), mgrs_tile(item) or item.id, when)
         groups.setdefault(key, []).append(item)
     kept: list[pystac.Item] = []
