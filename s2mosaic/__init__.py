@@ -9,21 +9,27 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .batch import BatchReport, run_many
 from .cluster import make_client
 from .errors import (
     CubeError,
     DataError,
     EmptySearchError,
     MissingDependencyError,
+    RunError,
     S2MosaicError,
     SearchError,
     SpecError,
     WriteError,
 )
 from .pipeline import mosaic, software_versions
+from .plan import Plan, plan
 from .run import RunReport, run, write
 from .search import SearchResult, search
+from .select import Selection, select
 from .spec import MosaicSpec
+from .timeseries import GapFill, gapfill, run_gapfill, run_series, series
+from .write import export_tiles
 
 try:
     __version__ = version("s2mosaic")
@@ -38,22 +44,35 @@ def show_versions() -> None:
 
 
 __all__ = [
+    "BatchReport",
     "CubeError",
     "DataError",
     "EmptySearchError",
+    "GapFill",
     "MissingDependencyError",
     "MosaicSpec",
+    "Plan",
+    "RunError",
     "RunReport",
     "S2MosaicError",
     "SearchError",
     "SearchResult",
+    "Selection",
     "SpecError",
     "WriteError",
     "__version__",
+    "export_tiles",
+    "gapfill",
     "make_client",
     "mosaic",
+    "plan",
     "run",
+    "run_gapfill",
+    "run_many",
+    "run_series",
     "search",
+    "select",
+    "series",
     "show_versions",
     "write",
 ]

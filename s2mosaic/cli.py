@@ -104,7 +104,7 @@ def search(spec_path: SpecArg,
         out.print(f"[dim]dropped {d.id}: {d.reason}[/]")
 
 
-def _execute(spec: MosaicSpec) -> None:
+def _execute(spec: MosaicSpec, resume: bool = False) -> None:
     from .run import run as do_run
 
     def on_stage(name: str, info: dict[str, Any]) -> None:
@@ -115,17 +115,24 @@ def _execute(spec: MosaicSpec) -> None:
                 console.print(f"Dask dashboard: [link={link}]{link}[/link]")
         elif name == "search":
             console.print(f"Found {len(info['items'])} scene(s)")
-        elif name == "graph":
-            m = info["mosaic"]
-            console.print(f"Mosaic {m.sizes['y']}×{m.sizes['x']} px, "
-                          f"{m.attrs['s2mosaic_provenance']['observations']} observation(s) "
-                          f"→ computing and writing")
+        elif name == "plan":
+            h, w = info["shape"]
+            done = info["tiles"] - info["todo"]
+            console.print(f"Mosaic {h}×{w} px, {info['observations']} observation(s), "
+                          f"{info['tiles']} tile(s)" + (f", {done} already done" if done else "")
+                          + f" → {info['store']} ({info['limit']} tile(s) at a time)")
+        elif name == "tiles" and info["failed"]:
+            for key, err in info["failed"].items():
+                console.print(f"[red]tile {key} failed:[/] {err}")
 
     try:
-        report = do_run(spec, progress=True, on_stage=on_stage)
+        report = do_run(spec, progress=True, on_stage=on_stage, resume=resume)
     except S2MosaicError as e:
         raise _fail(e) from None
-    console.print(f"[green]Done[/] in {report.wall_time_s:.1f} s")
+    t = report.tiles
+    console.print(f"[green]Done[/] in {report.wall_time_s:.1f} s: {t['computed']} tile(s) "
+                  f"computed, {t['resumed']} resumed, {t['empty']} empty, "
+                  f"{t['retried']} retried")
     for kind, path in report.outputs.items():
         if path:
             out.print(f"{kind:>9}: {path}")
@@ -137,8 +144,12 @@ def run(
     scheduler: SchedulerOpt = None,
     cluster: ClusterOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run: tiles already in the Zarr store (checked "
+        "against their digests) are skipped, the rest computed.")] = False,
 ) -> None:
-    """Build the mosaic of a spec and write its outputs (Zarr / COG / display product).
+    """Build the mosaic of a spec tile by tile and write its outputs (Zarr / COG / display
+    product) plus a run report.
 
     Set S2MOSAIC_WEBHOOK to a (Slack-compatible) webhook URL to be notified of the start, the
     end (with the run report) and failures.
@@ -147,7 +158,7 @@ def run(
         spec = _load(spec_path, scheduler, overwrite, cluster)
     except S2MosaicError as e:
         raise _fail(e) from None
-    _execute(spec)
+    _execute(spec, resume)
 
 
 @app.command()
@@ -174,6 +185,61 @@ def demo(
     _execute(spec)
 
 
+@app.command()
+def plan(
+    spec_path: SpecArg,
+    cluster: ClusterOpt = None,
+    cores: Annotated[int | None, typer.Option(help="Cores to plan for (default: --cluster, else "
+                                              "the spec's runtime).", show_default=False)] = None,
+    cost: Annotated[float | None, typer.Option("--cost-per-core-hour", help="Price of one core "
+                                               "for an hour, for the cost estimate.",
+                                               show_default=False)] = None,
+    remote: Annotated[bool, typer.Option("--remote", help="Open remote COG headers to size "
+                                         "reads exactly (network requests).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+) -> None:
+    """Estimate scenes, bytes to read, output size, wall time and cost, reading no pixels."""
+    from .plan import plan as do_plan
+
+    try:
+        p = do_plan(_load(spec_path), cores=cores, cluster=cluster, cost_per_core_hour=cost,
+                    remote=remote)
+    except S2MosaicError as e:
+        raise _fail(e) from None
+    if as_json:
+        out.print_json(p.to_json())
+    else:
+        out.print(p.table())
+
+
+@app.command()
+def preview(
+    spec_path: SpecArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="HTML map to write.")]
+    = Path("preview.html"),
+    png: Annotated[Path | None, typer.Option("--png", help="Static PNG to write (default: the "
+                                             "HTML path with .png).", show_default=False)] = None,
+    tiles: Annotated[str | None, typer.Option("--tiles", help="Basemap: a name such as "
+                                              "OpenStreetMap or an XYZ URL (needs internet when "
+                                              "viewed). Default: none.", show_default=False)] = None,
+    attribution: Annotated[str | None, typer.Option(help="Attribution of a --tiles URL.",
+                                                    show_default=False)] = None,
+    remote: Annotated[bool, typer.Option("--remote", help="Read quicklooks of remote assets "
+                                         "(network requests).")] = False,
+) -> None:
+    """Write a quicklook map (HTML, works offline) and a PNG of the scenes the spec would use."""
+    from .preview import preview as do_preview
+
+    try:
+        r = do_preview(_load(spec_path), output, png=png or output.with_suffix(".png"),
+                       tiles=tiles, attribution=attribution, remote=remote)
+    except S2MosaicError as e:
+        raise _fail(e) from None
+    console.print(f"{r.scenes} scene(s), {r.selected} selected, {r.quicklooks} quicklook(s)")
+    for path in (r.html, r.png):
+        out.print(str(path))
+
+
 cluster_app = typer.Typer(help="Cluster profiles (cluster/*.yaml): see what they would submit.",
                           no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
@@ -197,6 +263,215 @@ def show_versions() -> None:
     from . import show_versions as show
 
     show()
+
+
+def _report_outputs(report: Any) -> None:
+    console.print(f"[green]Done[/] in {report.wall_time_s:.1f} s")
+    for kind, path in report.outputs.items():
+        if path:
+            out.print(f"{kind:>9}: {path}")
+
+
+@app.command()
+def series(
+    spec_path: SpecArg,
+    scheduler: SchedulerOpt = None,
+    cluster: ClusterOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+) -> None:
+    """Build one composite per period of the spec's series.periods (monthly, quarterly, 'every
+    N days' or a list) into one Zarr with a time dimension, plus a COG per period when
+    output.cog is set."""
+    from .errors import SpecError
+    from .timeseries import run_series
+
+    try:
+        spec = _load(spec_path, scheduler, overwrite, cluster)
+        if spec.series.periods is None:
+            raise SpecError("series.periods", None, "set series.periods in the spec (monthly, "
+                            "quarterly, yearly, 'every N days' or a list of [start, end]) to "
+                            "build a series; `s2mosaic run` builds a single mosaic")
+        rule = spec.series.periods
+        console.print(f"Series of {len(spec.series.expand(spec.period))} period(s) "
+                      f"({rule if isinstance(rule, str) else 'explicit list'})")
+        report = run_series(spec, progress=True)
+    except S2MosaicError as e:
+        raise _fail(e) from None
+    _report_outputs(report)
+
+
+@app.command()
+def gapfill(
+    spec_path: SpecArg,
+    damping: Annotated[float, typer.Option(help="Smoothing weight lambda (> 0).")] = 0.1,
+    duration: Annotated[int, typer.Option(help="Window length in days.")] = 48,
+    overlap: Annotated[float, typer.Option(help="Overlap of consecutive windows, [0, 1).")] = 0.5,
+    step: Annotated[int, typer.Option(help="Output every STEP days (1: daily).")] = 1,
+    normalise: Annotated[bool, typer.Option("--normalise", help="Per-date illumination "
+                                            "normalisation (clear-pixel mean per date).")] = False,
+    scheduler: SchedulerOpt = None,
+    cluster: ClusterOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+) -> None:
+    """Daily (or every-STEP-day) cloud-free rasters over the spec's period by damped temporal
+    interpolation (SpaceEye), written to output.zarr with a time dimension."""
+    from .timeseries import GapFill, run_gapfill
+
+    try:
+        spec = _load(spec_path, scheduler, overwrite, cluster)
+        params = GapFill(damping=damping, duration=duration, overlap=overlap, step=step,
+                         normalise=normalise)
+        report = run_gapfill(spec, params, progress=True)
+    except S2MosaicError as e:
+        raise _fail(e) from None
+    _report_outputs(report)
+
+
+@app.command()
+def batch(
+    batch_path: Annotated[Path, typer.Argument(help="Batch file (YAML): jobs, defaults, "
+                                               "max_concurrent, retries, runtime.",
+                                               show_default=False)],
+    max_concurrent: Annotated[int | None, typer.Option(
+        "--max-concurrent", help="Jobs running at once (default: the file's, else 2).")] = None,
+    retries: Annotated[int | None, typer.Option(
+        help="Extra attempts per failed job (default: the file's, else 1).")] = None,
+    json_path: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the summary as JSON to this file.")] = None,
+    scheduler: SchedulerOpt = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Run many jobs (AOIs x periods) on one cluster, at most --max-concurrent at a time.
+
+    A failing job never stops the others; the summary table lists every job's status, and the
+    exit code is 1 when any job failed.
+    """
+    from .batch import load_batch, run_many
+    from .spec import RuntimeSpec
+
+    if scheduler is not None and cluster is not None:
+        raise typer.BadParameter("give --scheduler or --cluster, not both", param_hint="--cluster")
+    try:
+        bf = load_batch(batch_path)
+        runtime = bf.runtime or RuntimeSpec()
+        if scheduler is not None or cluster is not None:
+            runtime = RuntimeSpec(chunks=runtime.chunks, scheduler=scheduler,
+                                  cluster=cluster.resolve() if cluster is not None else None)
+        bf = dataclasses.replace(
+            bf, runtime=runtime,
+            max_concurrent=bf.max_concurrent if max_concurrent is None else max_concurrent,
+            retries=bf.retries if retries is None else retries)
+        console.print(f"{len(bf.jobs)} job(s), at most {bf.max_concurrent} at once")
+
+        def on_update(r: Any) -> None:
+            if r.status in ("done", "failed"):
+                colour = "green" if r.status == "done" else "red"
+                console.print(f"[{colour}]{r.status}[/] {r.name}"
+                              + (f": {r.error}" if r.error else ""))
+
+        report = run_many(bf, on_update=on_update)
+    except S2MosaicError as e:
+        raise _fail(e) from None
+    out.print(report.table())
+    if json_path is not None:
+        json_path.write_text(report.to_json() + "\n")
+        console.print(f"Summary written to {json_path}")
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def export(
+    store: Annotated[Path, typer.Argument(help="A mosaic Zarr store (from `s2mosaic run`).",
+                                          show_default=False)],
+    cog: Annotated[Path | None, typer.Option("--cog", help="Write one COG here.")] = None,
+    tiles_dir: Annotated[Path | None, typer.Option(
+        "--tiles", help="Write one COG per tile plus mosaic.vrt into this directory.")] = None,
+    tile_size: Annotated[int, typer.Option(help="Tile size in pixels for --tiles.")] = 8192,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
+) -> None:
+    """Stream a COG (overviews, BIGTIFF when needed) or per-tile COGs + a VRT from a Zarr store,
+    without loading it whole."""
+    from .write import export_cog, export_tiles
+
+    if cog is None and tiles_dir is None:
+        raise typer.BadParameter("give --cog and/or --tiles", param_hint="--cog")
+    try:
+        if cog is not None:
+            export_cog(store, cog, overwrite=overwrite, progress=True)
+            out.print(f"cog: {cog}")
+        if tiles_dir is not None:
+            vrt = export_tiles(store, tiles_dir, tile_size, overwrite=overwrite)
+            out.print(f"vrt: {vrt}")
+    except S2MosaicError as e:
+        raise _fail(e) from None
+
+
+@app.command()
+def chips(
+    spec_path: SpecArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the chips and "
+                                         "manifest.jsonl.", show_default=False)],
+    points: Annotated[Path | None, typer.Option(
+        "--points", help="Chips around points: a CSV with lon,lat columns or a GeoJSON of "
+        "points. Default: a regular grid of chips over the spec's AOI.")] = None,
+    resolution: Annotated[float, typer.Option(help="Pixel size (m).")] = 10.0,
+    size: Annotated[int, typer.Option(help="Chip size (pixels).")] = 256,
+    pad: Annotated[int, typer.Option(help="Extra pixels each side.")] = 0,
+    fmt: Annotated[str, typer.Option("--format", help="tif or png.")] = "tif",
+    batch: Annotated[int, typer.Option(help="Chips per Dask graph.")] = 64,
+    scheduler: SchedulerOpt = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Write many small fixed-size chips (GeoTIFF/PNG + manifest.jsonl), keyed like
+    DLTile.from_latlon; a rerun skips the chips already written."""
+    from .chips import chip_at, chips_over, make_chips
+    from .cluster import make_client
+
+    try:
+        spec = _load(spec_path, scheduler, False, cluster)
+        if points is None:
+            todo = chips_over(spec.aoi.geometry, resolution=resolution, size=size, pad=pad)
+        else:
+            todo = [chip_at(lon, lat, resolution=resolution, size=size, pad=pad)
+                    for lon, lat in _read_points(points)]
+            todo = list({c.key: c for c in todo}.values())  # points sharing a chip: one chip
+        console.print(f"{len(todo)} chip(s) → {output}")
+        with make_client(spec.runtime) as client:
+            report = make_chips(spec, todo, output, fmt=fmt, batch=batch, client=client,
+                                on_batch=lambda d, t: console.print(f"  {d}/{t} chips"))
+    except S2MosaicError as e:
+        raise _fail(e) from None
+    console.print(f"[green]Done[/]: {report.written} written, {report.skipped} already there, "
+                  f"{report.batches} batch(es)")
+    out.print(f"manifest: {report.manifest}")
+
+
+def _read_points(path: Path) -> list[tuple[float, float]]:
+    """(lon, lat) pairs from a CSV (lon/lat or longitude/latitude columns) or GeoJSON points."""
+    import csv
+
+    from .errors import SpecError
+
+    if path.suffix.lower() in (".geojson", ".json"):
+        doc = json.loads(path.read_text())
+        feats = doc.get("features", [doc])
+        pts = [f.get("geometry", f) for f in feats]
+        bad = [p for p in pts if p.get("type") != "Point"]
+        if bad:
+            raise SpecError("chips.points", bad[0].get("type"), "GeoJSON Point geometries")
+        return [(float(p["coordinates"][0]), float(p["coordinates"][1])) for p in pts]
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise SpecError("chips.points", str(path), "a CSV with a header and lon,lat rows")
+    cols = {c.lower(): c for c in rows[0]}
+    lon = cols.get("lon") or cols.get("longitude") or cols.get("x")
+    lat = cols.get("lat") or cols.get("latitude") or cols.get("y")
+    if lon is None or lat is None:
+        raise SpecError("chips.points", list(rows[0]), "CSV columns lon,lat (or longitude,"
+                        "latitude)")
+    return [(float(r[lon]), float(r[lat])) for r in rows]
 
 
 if __name__ == "__main__":  # pragma: no cover

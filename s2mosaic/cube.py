@@ -38,6 +38,7 @@ __all__ = [
     "SCL_VAR",
     "load_cube",
     "mask_band_keys",
+    "observation_count",
     "resolve_band",
     "scl_asset_key",
 ]
@@ -167,6 +168,14 @@ def _groups(items: Sequence[pystac.Item], keys: dict[str, str]) -> tuple[list[An
         item_keys.append((_solar_day(item).isoformat(), offsets))
     ordered = sorted(set(item_keys))
     return item_keys, [k[1] for k in ordered]
+
+
+def observation_count(items: Sequence[pystac.Item], spec: MosaicSpec) -> int:
+    """Time slices :func:`load_cube` makes of ``items`` (items fused per solar day and offset)."""
+    if not items:
+        return 0
+    keys = {name: resolve_band(items[0], name) for name in spec.bands}
+    return len(_groups(items, keys)[1])
 
 
 def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) -> xr.Dataset:

@@ -13,6 +13,7 @@ __all__ = [
     "EmptySearchError",
     "MissingDependencyError",
     "ModelWeightsError",
+    "RunError",
     "S2MosaicError",
     "SearchError",
     "SpecError",
@@ -56,6 +57,15 @@ class CubeError(S2MosaicError):
 
 class WriteError(S2MosaicError):
     """An output could not be written (path exists, invalid format, failed write)."""
+
+
+class RunError(S2MosaicError):
+    """A run finished with tiles that failed after their retries (the rest is written; rerun
+    with ``--resume`` to redo only the failed ones)."""
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class ClusterError(S2MosaicError):

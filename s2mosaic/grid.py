@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
@@ -20,7 +21,7 @@ from .aoi import AOI
 from .errors import DataError, SpecError
 from .spec import MosaicSpec
 
-__all__ = ["aoi_mask", "native_geobox", "output_geobox"]
+__all__ = ["Tile", "aoi_mask", "native_geobox", "output_geobox", "pad_geobox", "tiles"]
 
 
 def output_geobox(spec: MosaicSpec, items: Sequence[pystac.Item] = ()) -> GeoBox:
@@ -115,3 +116,47 @@ def _rasterize_block(*, geojson: dict[str, Any], affine: tuple[float, ...],
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return geometry_mask([geojson], out_shape=(y1 - y0, x1 - x0), transform=transform,
                              invert=True)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One run tile: a window of the output grid that is computed and written on its own."""
+
+    row: int
+    col: int
+    y: slice
+    """Rows of the output grid (``start:stop``)."""
+    x: slice
+    """Columns of the output grid."""
+    geobox: GeoBox
+    """The tile's own grid (the output grid's pixels in the window)."""
+
+    @property
+    def key(self) -> str:
+        """``"<row>_<col>"``: how the manifest and run report name the tile."""
+        return f"{self.row}_{self.col}"
+
+
+def tiles(geobox: GeoBox, size: int) -> list[Tile]:
+    """Split ``geobox`` into ``size`` × ``size`` pixel tiles, row-major (edge tiles are smaller).
+
+    With ``size`` a multiple of the Zarr chunk size, every tile covers whole chunks, so no two
+    tiles ever write the same chunk.
+    """
+    if size < 1:
+        raise ValueError(f"tile size must be >= 1 pixel, got {size}")
+    h, w = geobox.shape.yx
+    out = []
+    for r, y0 in enumerate(range(0, h, size)):
+        for c, x0 in enumerate(range(0, w, size)):
+            ys, xs = slice(y0, min(y0 + size, h)), slice(x0, min(x0 + size, w))
+            out.append(Tile(r, c, ys, xs, geobox[ys, xs]))
+    return out
+
+
+def pad_geobox(geobox: GeoBox, pixels: tuple[int, int]) -> GeoBox:
+    """``geobox`` grown by ``(y, x)`` pixels on every side, on the same pixel grid."""
+    py, px = pixels
+    h, w = geobox.shape.yx
+    return GeoBox((h + 2 * py, w + 2 * px), geobox.affine @ Affine.translation(-px, -py),
+                  geobox.crs)

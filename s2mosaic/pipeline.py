@@ -18,6 +18,7 @@ from .cube import load_cube, mask_band_keys, resolve_band, scl_asset_key
 from .grid import aoi_mask, output_geobox
 from .masks import MaskContext, valid_mask
 from .search import SearchResult, boa_offset, item_datetime, search
+from .select import apply_selection
 from .spec import MosaicSpec
 
 __all__ = ["PROVENANCE_ATTR", "mosaic", "provenance", "software_versions"]
@@ -44,7 +45,8 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
     spec
         What to mosaic.
     items
-        The items to use (e.g. from :func:`s2mosaic.search`); searched when None.
+        The items to use as they are (e.g. from :func:`s2mosaic.search` or
+        :func:`s2mosaic.select`); when None, searched and selected by ``spec.select``.
     geobox
         Override the output grid (default: :func:`s2mosaic.grid.output_geobox`).
 
@@ -62,8 +64,8 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
     >>> m.red.sel(x=600_000, y=5_200_000, method="nearest").item()  # doctest: +SKIP
     """
     started = time.time()
-    if items is None:
-        items = search(spec)
+    if items is None:  # given items are used as they are (run() selects before tiling)
+        items = apply_selection(spec, search(spec))  # spec.select: all, or a minimal cover
     items = list(items) if not isinstance(items, SearchResult) else items
     gbox = geobox or output_geobox(spec, items)
     cube = load_cube(items, spec, gbox)
@@ -72,13 +74,14 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
     c = spec.composite
     result = composite(cube[list(spec.bands)], valid, method=c.method, q=c.q,
                        min_observations=c.min_observations)
-    result.attrs[PROVENANCE_ATTR] = provenance(spec, items, gbox, cube, started)
+    result.attrs[PROVENANCE_ATTR] = provenance(spec, items, gbox, cube.sizes["time"], started)
     return result
 
 
-def provenance(spec: MosaicSpec, items: Sequence[pystac.Item], gbox: GeoBox, cube: xr.Dataset,
+def provenance(spec: MosaicSpec, items: Sequence[pystac.Item], gbox: GeoBox, observations: int,
                started: float) -> dict[str, Any]:
-    """The record written beside every output (``metadata.json``)."""
+    """The record written beside every output (``metadata.json``); ``observations`` is the
+    number of time slices of the cube (items fused per solar day)."""
     years = sorted({item_datetime(i).year for i in items})
     keys = {name: resolve_band(items[0], name) for name in spec.bands} if items else {}
     mask_keys = [k for k in mask_band_keys(items[0], spec.mask) if k not in keys.values()] \
@@ -103,7 +106,7 @@ def provenance(spec: MosaicSpec, items: Sequence[pystac.Item], gbox: GeoBox, cub
         ],
         "dropped_items": [{"id": d.id, "reason": d.reason} for d in dropped],
         "search_query": getattr(items, "query", {}),
-        "observations": cube.sizes["time"],
+        "observations": observations,
         "mask": _mask_record(spec),
         "grid": {"crs": str(gbox.crs), "shape": list(gbox.shape.yx),
                  "transform": list(gbox.affine)[:6]},

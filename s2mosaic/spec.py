@@ -40,6 +40,8 @@ __all__ = [
     "OCM_WEIGHTS_ENV",
     "RESAMPLING_METHODS",
     "SCL_CLASSES",
+    "SELECT_METHODS",
+    "SERIES_RULES",
     "CompositeSpec",
     "GridSpec",
     "MaskSpec",
@@ -47,6 +49,8 @@ __all__ = [
     "OutputSpec",
     "Period",
     "RuntimeSpec",
+    "SelectSpec",
+    "SeriesSpec",
     "SourceSpec",
 ]
 
@@ -84,6 +88,8 @@ RESAMPLING_METHODS: tuple[str, ...] = (
 )
 LOADERS: tuple[str, ...] = ("odc-stac", "stackstac")
 MASK_METHODS: tuple[str, ...] = ("scl", "ocm", "ocm+scl", "s2cloudless", "none")
+#: Scene selection methods (:mod:`s2mosaic.select`).
+SELECT_METHODS: tuple[str, ...] = ("all", "min-cover")
 #: Inference dtypes of OmniCloudMask (GPU only: on a CPU it always runs in fp32).
 OCM_DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16")
 #: Environment variable naming the OmniCloudMask weights directory when ``mask.ocm_weights`` is
@@ -332,6 +338,102 @@ class CompositeSpec(Section):
         return 50.0 if self.method == "median" else self.percentile
 
 
+#: The named period rules of ``series.periods`` (besides ``"every N days"`` and explicit lists).
+SERIES_RULES: tuple[str, ...] = ("monthly", "quarterly", "yearly")
+_EVERY = re.compile(r"every\s+(\d+)\s+days?", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SeriesSpec(Section):
+    """A series of composites in one job: one per sub-period of ``period``.
+
+    The cube is built once over ``period`` and each sub-period is composited from its own time
+    slices, so every scene is read once per chunk however many sub-periods it falls in. Runs
+    with :func:`s2mosaic.timeseries.run_series` (``s2mosaic series spec.yaml``): one Zarr with a
+    ``time`` dimension in ``output.zarr``, plus one COG / display product per sub-period when
+    ``output.cog`` / ``output.rgb`` are set (named ``<stem>_<start date><suffix>``).
+    """
+
+    periods: str | tuple[Period, ...] | None = None
+    """None: a single mosaic. ``"monthly"``, ``"quarterly"``, ``"yearly"`` (calendar months,
+    quarters, years, clipped to ``period``), ``"every N days"`` (consecutive N-day periods from
+    ``period.start``; the last one may be shorter), or an explicit list of periods
+    (``[[start, end], ...]`` or ``{start, end}`` mappings) inside ``period``. Sub-periods keep
+    ``period.months``; those with no day in those months are left out."""
+
+    def __post_init__(self) -> None:
+        p = self.periods
+        if p is None:
+            return
+        if isinstance(p, str):
+            rule = p.strip().lower()
+            m = _EVERY.fullmatch(rule)
+            if rule not in SERIES_RULES and (m is None or int(m.group(1)) < 1):
+                raise fail("periods", p, f"expected one of {list(SERIES_RULES)}, 'every N days' "
+                            "with N >= 1 (e.g. 'every 16 days'), or a list of [start, end] periods")
+            self._set("periods", f"every {int(m.group(1))} days" if m else rule)
+            return
+        if not isinstance(p, list | tuple) or not p:
+            raise fail("periods", p, f"expected one of {list(SERIES_RULES)}, 'every N days', or a "
+                        "non-empty list of periods such as [[2024-05-01, 2024-05-31]]")
+        out = []
+        for i, entry in enumerate(p):
+            e: Any = entry
+            if isinstance(e, list | tuple) and len(e) == 2:
+                e = {"start": e[0], "end": e[1]}
+            out.append(coerce_section(Period, e, f"periods[{i}]"))
+        self._set("periods", tuple(out))
+
+    def expand(self, period: Period) -> list[Period]:
+        """The sub-periods of ``period`` (empty when ``periods`` is None), in order.
+
+        Raises :class:`~s2mosaic.errors.SpecError` naming ``series.periods[i]`` when an explicit
+        period does not lie within ``period``.
+
+        Examples
+        --------
+        >>> s = SeriesSpec(periods="monthly")
+        >>> [(p.start.isoformat(), p.end.isoformat()) for p in s.expand(Period("2024-05-10", "2024-06-30"))]
+        [('2024-05-10', '2024-05-31'), ('2024-06-01', '2024-06-30')]
+        """
+        if self.periods is None:
+            return []
+        if not isinstance(self.periods, str):
+            for i, p in enumerate(self.periods):
+                if p.start < period.start or p.end > period.end:
+                    raise fail(f"series.periods[{i}]", [p.start.isoformat(), p.end.isoformat()],
+                               f"every period of a series must lie within period "
+                               f"[{period.start.isoformat()}, {period.end.isoformat()}] (the "
+                               "search range); widen period or move this one")
+            return list(self.periods)
+        bounds: list[tuple[dt.date, dt.date]] = []
+        start = period.start
+        while start <= period.end:
+            nxt = _next_start(start, self.periods)
+            bounds.append((start, min(nxt - dt.timedelta(days=1), period.end)))
+            start = nxt
+        out = []
+        for a, b in bounds:
+            sub = Period(a, b, period.months)
+            if period.months is None or any(
+                    (a + dt.timedelta(days=k)).month in period.months
+                    for k in range(min((b - a).days + 1, 370))):
+                out.append(sub)
+        return out
+
+
+def _next_start(day: dt.date, rule: str) -> dt.date:
+    """First day of the sub-period after the one holding ``day`` (calendar-aligned rules)."""
+    m = _EVERY.fullmatch(rule)
+    if m:
+        return day + dt.timedelta(days=int(m.group(1)))
+    if rule == "yearly":
+        return dt.date(day.year + 1, 1, 1)
+    step = 3 if rule == "quarterly" else 1
+    month0 = (day.month - 1) // step * step + step  # 0-based month of the next boundary
+    return dt.date(day.year + month0 // 12, month0 % 12 + 1, 1)
+
+
 @dataclass(frozen=True)
 class OutputSpec(Section):
     """Where and what to write. At least one of ``zarr``/``cog`` is needed to run."""
@@ -401,6 +503,15 @@ class RuntimeSpec(Section):
     """LocalCluster worker processes (default: one per 4 cores, at least 1)."""
     threads_per_worker: int | None = None
     """LocalCluster threads per worker (default: the remaining cores)."""
+    tile_size: int | None = None
+    """Output pixels per side of a run tile (each tile is its own small graph, written into its
+    region of the Zarr store and recorded in the store's manifest, so a rerun resumes). A
+    multiple of ``chunks``; None: the multiple of ``chunks`` nearest 2048."""
+    max_tiles_in_flight: int | None = None
+    """Tiles computed at once (bounds memory and graph size). None: enough tiles to give every
+    worker thread a chunk, plus one."""
+    retries: int = 2
+    """Times a failed tile is retried before the run reports it failed (the others go on)."""
 
     def __post_init__(self) -> None:
         self._set("chunks", number("chunks", self.chunks, low=16, integer=True))
@@ -409,10 +520,16 @@ class RuntimeSpec(Section):
             raise fail("scheduler", self.scheduler,
                         "expected null, 'synchronous', 'threads' or a scheduler address "
                         "such as 'tcp://10.0.0.5:8786'")
-        for name in ("n_workers", "threads_per_worker"):
+        for name in ("n_workers", "threads_per_worker", "tile_size", "max_tiles_in_flight"):
             v = getattr(self, name)
             if v is not None:
                 self._set(name, number(name, v, low=1, integer=True))
+        self._set("retries", number("retries", self.retries, low=0, integer=True))
+        if self.tile_size is not None and self.tile_size % self.chunks:
+            c = self.chunks
+            raise fail("tile_size", self.tile_size,
+                       f"a multiple of runtime.chunks ({c}) so tiles write whole Zarr chunks, "
+                       f"e.g. {c * max(1, self.tile_size // c)} or {c * (self.tile_size // c + 1)}")
         self._set("cluster", opt_path("cluster", self.cluster))
         if self.cluster is not None:
             if self.cluster.suffix.lower() not in (".yaml", ".yml"):
@@ -426,6 +543,42 @@ class RuntimeSpec(Section):
                 raise fail("cluster", str(self.cluster), f"the profile sizes the cluster: remove "
                             f"{sized[0]} (it sizes only the default LocalCluster)")
 
+    @property
+    def tile_pixels(self) -> int:
+        """The effective :attr:`tile_size`."""
+        if self.tile_size is not None:
+            return self.tile_size
+        return self.chunks * max(1, round(2048 / self.chunks))
+
+
+@dataclass(frozen=True)
+class SelectSpec(Section):
+    """Which of the scenes the search keeps go into the mosaic (:mod:`s2mosaic.select`)."""
+
+    method: str = "all"
+    """``all``: every scene the search keeps. ``min-cover``: per period (each ``series``
+    sub-period), the fewest scenes whose footprints cover the AOI, each point up to
+    ``max_observations`` times, preferring clear scenes (by the clear-data fraction in their
+    STAC metadata). For ``first``/``last`` composites scenes are taken in date order instead, so
+    the mosaic equals the one from all scenes wherever a chosen scene has a valid observation."""
+    max_observations: int = 1
+    """``min-cover`` only: cover every point of the AOI by up to this many observations (solar
+    days)."""
+    require_full_coverage: bool = False
+    """Fail, naming the uncovered fraction, when the scenes do not cover the whole AOI."""
+
+    def __post_init__(self) -> None:
+        self._set("method", choice("method", self.method, SELECT_METHODS))
+        self._set("max_observations",
+                  number("max_observations", self.max_observations, low=1, integer=True))
+        if self.method == "all" and self.max_observations != 1:
+            raise fail("max_observations", self.max_observations,
+                        "applies only to method 'min-cover' (method 'all' keeps every scene); "
+                        "set method: min-cover or remove max_observations")
+        if not isinstance(self.require_full_coverage, bool):
+            raise fail("require_full_coverage", self.require_full_coverage,
+                        "expected true or false")
+
 
 _SECTIONS: dict[str, type[Any]] = {
     "source": SourceSpec,
@@ -434,6 +587,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "composite": CompositeSpec,
     "output": OutputSpec,
     "runtime": RuntimeSpec,
+    "series": SeriesSpec,
+    "select": SelectSpec,
 }
 
 
@@ -468,8 +623,12 @@ class MosaicSpec(Section):
     composite: CompositeSpec = field(default_factory=CompositeSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
     runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
+    series: SeriesSpec = field(default_factory=SeriesSpec)
+    """Optional series of sub-periods (``series.periods``): one composite each, one job."""
     name: str = "mosaic"
     """A short name for the product (used in metadata and progress output)."""
+    select: SelectSpec = field(default_factory=SelectSpec)
+    """Scene selection (``select.method``): every scene (default) or the fewest that cover the AOI."""
 
     SECTIONS: ClassVar[dict[str, type[Any]]] = _SECTIONS
 
@@ -486,7 +645,9 @@ class MosaicSpec(Section):
             composite: CompositeSpec | Mapping[str, Any] | None = None,
             output: OutputSpec | Mapping[str, Any] | None = None,
             runtime: RuntimeSpec | Mapping[str, Any] | None = None,
+            series: SeriesSpec | Mapping[str, Any] | None = None,
             name: str = "mosaic",
+            select: SelectSpec | Mapping[str, Any] | None = None,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -528,6 +689,7 @@ class MosaicSpec(Section):
             raise fail("output.rgb_bands", list(self.output.rgb_bands),
                         f"every display band must be one of bands {list(self.bands)}; "
                         f"missing {missing}")
+        self.series.expand(self.period)  # explicit periods must lie within period
 
     # -- construction -------------------------------------------------------------------------
     @classmethod

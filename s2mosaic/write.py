@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +38,9 @@ from .spec import OutputSpec
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["WriteResult", "write", "write_cog", "write_metadata", "write_rgb", "write_zarr"]
+__all__ = ["WriteResult", "export_cog", "export_tiles", "init_zarr", "metadata_record", "read_digests", "write",
+           "write_block", "write_cog", "write_metadata", "write_rgb", "write_series_zarr",
+           "write_zarr"]
 
 NODATA = 0
 COUNT = "count"
@@ -95,7 +97,7 @@ def write(mosaic: xr.Dataset, output: OutputSpec, *, provenance: Mapping[str, An
     if output.zarr is None and output.cog is None:
         raise WriteError("nothing to write: at least one of output.zarr / output.cog is required "
                          "(the RGB display product and metadata are derived from them)")
-    gbox = _geobox(mosaic)
+    _geobox(mosaic)  # fail before any work when the mosaic has no georeferencing
     meta_path = output.metadata_path
     targets = {"zarr": output.zarr, "cog": output.cog, "rgb": output.rgb, "metadata": meta_path}
     for field, p in targets.items():
@@ -121,15 +123,21 @@ def write(mosaic: xr.Dataset, output: OutputSpec, *, provenance: Mapping[str, An
                              overwrite=output.overwrite, client=client, progress=progress)
 
     written = {"zarr": zarr_path, "cog": cog_path, "rgb": rgb_path, "metadata": meta_path}
-    record = dict(provenance or {})
+    assert meta_path is not None  # zarr or cog is set, so metadata_path is too
+    write_metadata(meta_path, metadata_record(mosaic, provenance or {}, written))
+    return WriteResult(zarr=zarr_path, cog=cog_path, rgb=rgb_path, metadata=meta_path)
+
+
+def metadata_record(mosaic: xr.Dataset, provenance: Mapping[str, Any],
+                    written: Mapping[str, Path | None]) -> dict[str, Any]:
+    """The provenance sidecar's content: ``provenance`` plus outputs, time, grid and bands."""
+    record = dict(provenance)
     record["outputs"] = {k: str(v) for k, v in written.items() if v is not None}
     record["written_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    record["grid"] = _grid_info(gbox)
+    record["grid"] = _grid_info(_geobox(mosaic))
     record["bands"] = [{"name": n, "dtype": str(mosaic[n].dtype),
                         "nodata": None if n == COUNT else NODATA} for n in _raster_vars(mosaic)]
-    assert meta_path is not None  # zarr or cog is set, so metadata_path is too
-    write_metadata(meta_path, record)
-    return WriteResult(zarr=zarr_path, cog=cog_path, rgb=rgb_path, metadata=meta_path)
+    return record
 
 
 def write_zarr(mosaic: xr.Dataset, path: str | Path, *, overwrite: bool = False,
@@ -207,6 +215,143 @@ def write_rgb(mosaic: xr.Dataset, path: str | Path, bands: Sequence[str] = ("red
         Image.fromarray(np.ascontiguousarray(np.moveaxis(pixels, 0, -1))).save(partial, "PNG")
         os.replace(partial, path)
     return path
+
+
+def init_zarr(template: xr.Dataset, path: str | Path, *, overwrite: bool = False,
+              before_publish: Callable[[Path], None] | None = None) -> Path:
+    """Create a Zarr store for region writes: coordinates, CRS, attributes, empty arrays.
+
+    ``template`` is a lazy mosaic-shaped dataset (its values are never computed); its Dask
+    chunks become the Zarr chunks. The store is built under a hidden scratch name, handed to
+    ``before_publish`` (the runner adds its manifest there) and renamed into place, so ``path``
+    either does not exist or is a complete, initialised store. Blocks go in with
+    :func:`write_block`.
+    """
+    path = Path(path)
+    ds, encoding = _zarr_dataset(template)
+    _prepare(path, overwrite, "zarr")
+    scratch = _scratch(path, "init")
+    try:
+        with _io_errors(path):
+            ds.to_zarr(scratch, mode="w-", consolidated=True, zarr_format=2, encoding=encoding,
+                       compute=False)
+            if before_publish is not None:
+                before_publish(scratch)
+            os.replace(scratch, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return path
+
+
+def write_block(block: np.ndarray, store: str, name: str, y0: int, x0: int,
+                ) -> tuple[str, int, int, str, int]:
+    """Write one chunk-aligned block of variable ``name`` at ``(y0, x0)`` of a Zarr store.
+
+    Every chunk is stored, nodata-only ones too, so the store holds exactly what was computed.
+    Returns ``(name, y0, x0, digest, bytes)`` for the run manifest.
+    """
+    import zarr
+
+    from ._manifest import block_digest
+
+    block = np.asarray(block)
+    arr = zarr.open_array(f"{store}/{name}", mode="r+", zarr_format=2).with_config(
+        {"write_empty_chunks": True})
+    h, w = block.shape
+    arr[y0:y0 + h, x0:x0 + w] = block
+    return name, y0, x0, block_digest(name, y0, x0, block), int(block.nbytes)
+
+
+def read_digests(store: str, names: Sequence[str], y: slice, x: slice, chunk: int,
+                 ) -> list[tuple[str, int, int, str]]:
+    """Digests of the chunks of ``names`` in window ``(y, x)``, read back from the store (the
+    same records :func:`write_block` returned when writing them)."""
+    import zarr
+
+    from ._manifest import block_digest
+
+    out = []
+    for name in names:
+        arr = zarr.open_array(f"{store}/{name}", mode="r", zarr_format=2)
+        for y0 in range(y.start, y.stop, chunk):
+            for x0 in range(x.start, x.stop, chunk):
+                try:
+                    block = arr[y0:min(y0 + chunk, y.stop), x0:min(x0 + chunk, x.stop)]
+                except Exception as e:  # a torn or damaged chunk file: the tile gets redone
+                    out.append((name, y0, x0, f"unreadable: {type(e).__name__}: {e}"))
+                    continue
+                out.append((name, y0, x0, block_digest(name, y0, x0, np.asarray(block))))
+    return out
+
+
+def export_cog(store: str | Path, path: str | Path, *, overwrite: bool = False,
+               client: Client | None = None, progress: bool = False) -> Path:
+    """Stream a mosaic Zarr store (from :func:`s2mosaic.run`) into one COG, chunk by chunk,
+    without loading it whole (overviews built by GDAL from a tiled scratch GeoTIFF; BIGTIFF
+    when needed)."""
+    store = Path(store)
+    if not (store / ".zgroup").exists():
+        raise WriteError(f"{store} is not a Zarr store (no .zgroup); expected the output.zarr "
+                         "of a run")
+    return write_cog(_open_zarr(store), path, overwrite=overwrite, client=client,
+                     progress=progress)
+
+
+def export_tiles(store: str | Path, directory: str | Path, tile_size: int, *,
+                 overwrite: bool = False, client: Client | None = None,
+                 progress: bool = False) -> Path:
+    """Export a mosaic Zarr store as one COG per ``tile_size`` tile plus a VRT over them.
+
+    For areas too large for one file: ``<directory>/<row>_<col>.tif`` (same bands, nodata,
+    compression and overviews as :func:`write_cog`) and ``<directory>/mosaic.vrt``, which GDAL,
+    QGIS and rasterio open as the whole mosaic. Returns the VRT path.
+    """
+    from .grid import tiles
+
+    directory = Path(directory)
+    ds = _open_zarr(Path(store))
+    names = _raster_vars(ds)
+    gbox = _geobox(ds)
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise _exists(directory, "tiles")
+    directory.mkdir(parents=True, exist_ok=True)
+    sources = []
+    for t in tiles(gbox, tile_size):
+        path = directory / f"{t.key}.tif"
+        write_cog(ds[names].isel(y=t.y, x=t.x), path, overwrite=True, client=client,
+                  progress=progress)
+        sources.append((path.name, t))
+    vrt = directory / "mosaic.vrt"
+    crs = gbox.crs
+    assert crs is not None
+    dtype = {"uint16": "UInt16", "uint8": "Byte"}[str(ds[names[0]].dtype)]
+    lines = [f'<VRTDataset rasterXSize="{gbox.shape.x}" rasterYSize="{gbox.shape.y}">',
+             f"  <SRS>{_xml(crs.to_wkt())}</SRS>",
+             "  <GeoTransform>" + ", ".join(repr(float(v)) for v in gbox.affine.to_gdal())
+             + "</GeoTransform>"]
+    for b, name in enumerate(names, start=1):
+        lines += [f'  <VRTRasterBand dataType="{dtype}" band="{b}">',
+                  f"    <Description>{_xml(name)}</Description>"]
+        if name != COUNT:
+            lines.append(f"    <NoDataValue>{NODATA}</NoDataValue>")
+        for file, t in sources:
+            h, w = t.geobox.shape.yx
+            lines += ["    <SimpleSource>",
+                      f'      <SourceFilename relativeToVRT="1">{_xml(file)}</SourceFilename>',
+                      f"      <SourceBand>{b}</SourceBand>",
+                      f'      <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
+                      f'      <DstRect xOff="{t.x.start}" yOff="{t.y.start}" xSize="{w}" '
+                      f'ySize="{h}"/>',
+                      "    </SimpleSource>"]
+        lines.append("  </VRTRasterBand>")
+    lines.append("</VRTDataset>")
+    with _io_errors(vrt):
+        vrt.write_text("\n".join(lines) + "\n")
+    return vrt
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def write_metadata(path: str | Path, provenance: Mapping[str, Any]) -> Path:
@@ -354,7 +499,9 @@ def _zarr_dataset(mosaic: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, A
                        "write_empty_chunks": fill is None}
     attrs = json.loads(json.dumps(dict(mosaic.attrs), default=str))  # Zarr attrs must be JSON
     grid = _grid_info(gbox)
-    ds.attrs = {**attrs, "proj:code": f"EPSG:{crs.epsg}" if crs.epsg else None,
+    # Consolidated metadata lists variables alphabetically: keep the band order for readers.
+    ds.attrs = {**attrs, "band_order": names,
+                "proj:code": f"EPSG:{crs.epsg}" if crs.epsg else None,
                 "proj:wkt2": crs.to_wkt(version=WktVersion.WKT2_2019),
                 "spatial:dimensions": list(mosaic.odc.spatial_dims),
                 "spatial:transform": grid["transform"], "spatial:shape": grid["shape"],
@@ -364,7 +511,9 @@ def _zarr_dataset(mosaic: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, A
 
 def _open_zarr(path: Path) -> xr.Dataset:
     # mask_and_scale=False keeps uint16 with 0 as nodata (no float/NaN copy of the data).
-    return xr.open_zarr(path, mask_and_scale=False)
+    ds = xr.open_zarr(path, mask_and_scale=False)
+    order = [n for n in ds.attrs.get("band_order") or [] if n in ds.data_vars]
+    return ds[order] if order else ds
 
 
 def _open_cog(path: Path) -> xr.Dataset:
@@ -457,3 +606,53 @@ def _grid_info(gbox: GeoBox) -> dict[str, Any]:
     return {"crs": f"EPSG:{crs.epsg}" if crs.epsg else crs.to_wkt(),
             "transform": list(gbox.affine)[:6], "shape": list(gbox.shape),
             "bounds": list(gbox.boundingbox)[:4], "resolution": [abs(res.x), abs(res.y)]}
+
+
+def write_series_zarr(series: xr.Dataset, path: str | Path, *, overwrite: bool = False,
+                      client: Client | None = None, progress: bool = False) -> Path:
+    """Stream a ``(time, y, x)`` series into one consolidated Zarr v2 store.
+
+    For the products of :mod:`s2mosaic.timeseries` (period series, gap-filled days, regular
+    date grids). Each time step is stored as :func:`write_zarr` stores a mosaic - same CRS and
+    GeoZarr attributes, CF grid mapping, Blosc/zstd, ``_FillValue`` 0 for bands, none for
+    ``count`` (NaN for float variables such as indices) - with ``time`` (and any coordinate
+    along it, e.g. ``period_end``) written as CF time coordinates. Zarr chunks are the Dask
+    chunks: ``(time chunk, y chunk, x chunk)``. Reopen with
+    ``xr.open_zarr(path, mask_and_scale=False)``.
+    """
+    path = Path(path)
+    if "time" not in series.dims:
+        raise WriteError(f"{path}: write_series_zarr writes a (time, y, x) series; this dataset "
+                         f"has dims {dict(series.sizes)} (use write_zarr for one mosaic)")
+    dims = ("time", *(series.odc.spatial_dims or ()))
+    names = [str(n) for n in series.data_vars if n != COUNT]
+    names += [COUNT] if COUNT in series.data_vars else []
+    for n in names:
+        if series[n].dims != dims:
+            raise WriteError(f"{path}: variable {n!r} has dims {series[n].dims}; every variable "
+                             f"of a series must have dims {dims}")
+    ds = _regular_chunks(series[names], dims)
+    # One time step through the single-mosaic path gives the grid mapping, attributes and
+    # per-variable encoding; the series adds the time chunk in front.
+    plane, plane_encoding = _zarr_dataset(ds.isel(time=0, drop=True))
+    sizes = ds.chunksizes.get("time")
+    t_chunk = sizes[0] if sizes else ds.sizes["time"]
+    variables = {}
+    encoding: dict[str, dict[str, Any]] = {}
+    for n in names:
+        var = ds[n].variable.copy(deep=False)
+        var.encoding = {}
+        var.attrs = dict(plane[n].attrs)
+        enc = dict(plane_encoding[n], chunks=(t_chunk, *plane_encoding[n]["chunks"]))
+        if np.issubdtype(var.dtype, np.floating):
+            enc["_FillValue"] = np.nan
+        variables[n] = var
+        encoding[n] = enc
+    out = xr.Dataset(variables, coords=ds.drop_vars(names).coords, attrs=plane.attrs)
+    out = out.assign_coords(spatial_ref=plane.coords["spatial_ref"])
+    _prepare(path, overwrite, "zarr")
+    task = out.to_zarr(path, mode="w-", consolidated=True, zarr_format=2, encoding=encoding,
+                       compute=False)
+    with _io_errors(path):
+        _compute(task, client, progress)
+    return path

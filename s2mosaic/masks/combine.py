@@ -26,6 +26,7 @@ __all__ = [
     "CloudMasker",
     "MaskContext",
     "buffer_pixels",
+    "context_pixels",
     "dask_inputs",
     "dilate",
     "map_overlap_exact",
@@ -158,6 +159,28 @@ def buffer_pixels(mask: MaskSpec, cube: xr.Dataset | None = None,
         ry, rx = pixel_size_m(cube, geobox)
         return (math.ceil(mask.buffer_m / ry - 1e-9), math.ceil(mask.buffer_m / rx - 1e-9))
     return (mask.dilation, mask.dilation)
+
+
+def context_pixels(mask: MaskSpec, geobox: GeoBox) -> tuple[int, int]:
+    """(y, x) output pixels around a pixel that its validity can depend on.
+
+    The buffer/dilation, plus the s2cloudless averaging and dilation window, plus the
+    OmniCloudMask context halo (rounded up to whole OCM pixels). A tile computed with this
+    margin of extra pixels on every side gets the same mask inside as the whole grid would
+    (exactly for SCL, buffers and s2cloudless; OCM sees at least its configured context).
+    """
+    if not MASKERS[mask.method]:
+        return (0, 0)
+    reach = list(buffer_pixels(mask, geobox=geobox))
+    if mask.method == "s2cloudless":
+        extra = mask.s2cloudless_average_over + mask.s2cloudless_dilation_size
+        reach = [r + extra for r in reach]
+    if mask.uses_ocm:
+        from .omnicloud import ocm_factor
+
+        factor = ocm_factor(mask.ocm_resolution, pixel_size_m(geobox=geobox))
+        reach = [-(-(r + mask.ocm_halo * f) // f) * f for r, f in zip(reach, factor, strict=True)]
+    return (reach[0], reach[1])
 
 
 def dilate(mask: xr.DataArray, pixels: int | tuple[int, int]) -> xr.DataArray:

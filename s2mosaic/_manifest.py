@@ -1,0 +1,182 @@
+"""The run manifest kept inside a tiled run's Zarr store: what the store is, which tiles are done.
+
+Layout, in the Zarr group ``s2mosaic_run`` of the store (a real, empty Zarr group, so Zarr
+readers that list the store see a group and nothing odd):
+
+* ``manifest.jsonl``: a header line (format, fingerprint, spec, grid, tiling), then one line per
+  finished tile (status, digest of what was written, sizes, timings). Append-only and fsync'd
+  per line, so a run killed at any moment leaves every finished tile recorded and at most one
+  torn last line, which is ignored.
+* ``items.json``: the STAC items the run uses (an ItemCollection with absolute asset hrefs),
+  plus ``search.json`` (dropped items, query), so a resumed run reads exactly the same scenes
+  even when the catalog has changed since.
+
+A tile's digest is the SHA-256 over the SHA-256 of each chunk it wrote (variable, position,
+dtype, shape and bytes of the decoded chunk), in a fixed order: it can be recomputed from the
+store alone to check a finished tile (:func:`tile_digest`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pystac
+
+from .errors import WriteError
+from .search import DroppedItem, SearchResult
+
+__all__ = ["RUN_GROUP", "Manifest", "TileRecord", "block_digest", "fingerprint", "tile_digest"]
+
+#: Name of the Zarr group (inside the store) holding the manifest and the items.
+RUN_GROUP = "s2mosaic_run"
+FORMAT = 1
+#: Runtime fields that do not change the pixels written (so they may differ on resume).
+_SCHEDULING = ("scheduler", "cluster", "n_workers", "threads_per_worker", "max_tiles_in_flight",
+               "retries")
+
+
+def block_digest(name: str, y0: int, x0: int, block: np.ndarray) -> str:
+    """SHA-256 of one written chunk: variable, origin, dtype, shape and bytes."""
+    h = hashlib.sha256(f"{name}:{y0}:{x0}:{block.dtype.str}:{block.shape}".encode())
+    h.update(np.ascontiguousarray(block).tobytes())
+    return h.hexdigest()
+
+
+def tile_digest(chunk_digests: Iterable[tuple[str, int, int, str]]) -> str:
+    """One digest for a tile from its ``(name, y0, x0, chunk_digest)`` records (any order)."""
+    h = hashlib.sha256()
+    for name, y0, x0, d in sorted(chunk_digests):
+        h.update(f"{name}:{y0}:{x0}:{d}\n".encode())
+    return h.hexdigest()
+
+
+def fingerprint(spec_dict: Mapping[str, Any], grid: Mapping[str, Any], tile_size: int,
+                item_ids: Sequence[str]) -> str:
+    """What decides the pixels of a store: spec (less output and scheduling), grid, tiling,
+    items."""
+    doc = {"spec": pixel_spec(spec_dict), "grid": grid, "tile_size": tile_size,
+           "items": list(item_ids)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def pixel_spec(spec_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec_dict`` without the fields that do not change the pixels (outputs, scheduling)."""
+    out = {k: v for k, v in spec_dict.items() if k not in ("output", "name")}
+    runtime = dict(out.get("runtime") or {})
+    for k in _SCHEDULING:
+        runtime.pop(k, None)
+    out["runtime"] = runtime
+    return out
+
+
+def spec_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted field names whose values differ between two pixel specs."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            diffs += spec_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return diffs
+
+
+@dataclass(frozen=True)
+class TileRecord:
+    """A finished tile as the manifest records it."""
+
+    tile: str
+    status: str
+    """``done`` (computed from items) or ``empty`` (no item or no AOI pixel: written as nodata)."""
+    digest: str
+    chunks: int
+    bytes: int
+    items: int
+    seconds: float
+    attempts: int
+
+
+class Manifest:
+    """The manifest of the tiled run whose store is ``store``."""
+
+    def __init__(self, store: str | Path) -> None:
+        self.store = Path(store)
+        self.dir = self.store / RUN_GROUP
+        self.path = self.dir / "manifest.jsonl"
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    # -- creating ------------------------------------------------------------------------------
+    def create(self, header: Mapping[str, Any], items: Sequence[pystac.Item]) -> None:
+        """Write the run group, the header and the items (into a store being initialised)."""
+        import zarr
+
+        zarr.open_group(str(self.store), mode="r+", zarr_format=2).require_group(RUN_GROUP)
+        record = {"kind": "header", "format": FORMAT,
+                  "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **header}
+        absolute = []
+        for item in items:
+            clone = item.clone()
+            for asset in clone.assets.values():
+                asset.href = asset.get_absolute_href() or asset.href
+            absolute.append(clone.to_dict(include_self_link=False, transform_hrefs=False))
+        (self.dir / "items.json").write_text(json.dumps(
+            {"type": "FeatureCollection", "features": absolute}) + "\n")
+        dropped = [{"id": d.id, "reason": d.reason} for d in getattr(items, "dropped", [])]
+        (self.dir / "search.json").write_text(json.dumps(
+            {"dropped": dropped, "query": getattr(items, "query", {})}, default=str) + "\n")
+        self.path.write_text(json.dumps(record, default=str) + "\n")
+
+    def append(self, rec: TileRecord) -> None:
+        """Record a finished tile (one line, flushed to disk before returning)."""
+        line = json.dumps({"kind": "tile", **rec.__dict__,
+                           "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    # -- reading -------------------------------------------------------------------------------
+    def _lines(self) -> list[dict[str, Any]]:
+        out = []
+        for n, line in enumerate(self.path.read_text().splitlines()):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                if n == 0:
+                    raise WriteError(f"{self.path}: unreadable manifest header; the store was not "
+                                     "initialised completely - rerun with --overwrite") from None
+                continue  # a torn last line from a killed run: that tile is simply redone
+        return out
+
+    def header(self) -> dict[str, Any]:
+        lines = self._lines()
+        if not lines or lines[0].get("kind") != "header":
+            raise WriteError(f"{self.path} has no header line; not an s2mosaic run manifest")
+        if lines[0].get("format") != FORMAT:
+            raise WriteError(f"{self.path} has manifest format {lines[0].get('format')}, this "
+                             f"s2mosaic writes {FORMAT}; rerun with --overwrite")
+        return lines[0]
+
+    def finished(self) -> dict[str, TileRecord]:
+        """Finished tiles by key (the last record of a tile wins)."""
+        fields = TileRecord.__dataclass_fields__
+        return {rec["tile"]: TileRecord(**{k: rec[k] for k in fields})
+                for rec in self._lines()[1:] if rec.get("kind") == "tile"}
+
+    def items(self) -> SearchResult:
+        """The items recorded at the start of the run, with the search's dropped items and query."""
+        doc = json.loads((self.dir / "items.json").read_text())
+        items = [pystac.Item.from_dict(f) for f in doc["features"]]
+        search = json.loads((self.dir / "search.json").read_text())
+        dropped = [DroppedItem(d["id"], d["reason"]) for d in search.get("dropped", [])]
+        return SearchResult(items, dropped, search.get("query"))
