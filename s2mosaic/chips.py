@@ -19,7 +19,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +28,15 @@ import dask
 import dask.array as da
 import numpy as np
 import pystac
+import shapely
 import shapely.geometry
-import shapely.ops
 from affine import Affine
 from odc.geo import CRS
 from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 
 from .errors import SpecError, WriteError
+from .grid import Footprints, pad_geobox
 from .spec import MosaicSpec
 
 __all__ = ["Chip", "ChipsReport", "chip_at", "chips_over", "make_chips"]
@@ -130,7 +131,8 @@ def chips_over(aoi: Any, *, resolution: float = 10.0, size: int = 256, pad: int 
                 continue
             epsg = (32600 if hemi == "N" else 32700) + zone
             to_utm = Transformer.from_crs("EPSG:4326", epsg, always_xy=True)
-            local = shapely.ops.transform(to_utm.transform, shapely.segmentize(part, 0.001))
+            local = shapely.transform(shapely.segmentize(part, 0.001), to_utm.transform,
+                                      interleaved=False)
             width = size * resolution
             x0, y0, x1, y1 = local.bounds
             for ti in range(math.floor(x0 / width), math.floor(x1 / width) + 1):
@@ -189,7 +191,7 @@ def make_chips(spec: MosaicSpec, chips: Sequence[Chip], directory: str | Path, *
     todo = [c for c in chips if c.key not in done]
     if items is None:
         items = apply_selection(spec, search(spec)) if todo else []
-    footprints = [(i, shapely.geometry.shape(i.geometry) if i.geometry else None) for i in items]
+    footprints = Footprints(items)
     written = batches = 0
     for start in range(0, len(todo), batch):
         part = todo[start:start + batch]
@@ -224,18 +226,16 @@ def _recorded(manifest: Path, directory: Path) -> set[str]:
     return out
 
 
-def _chip_task(spec: MosaicSpec, chip: Chip, footprints: Iterable[tuple[pystac.Item, Any]],
-               directory: Path, fmt: str) -> Any:
+def _chip_task(spec: MosaicSpec, chip: Chip, footprints: Footprints, directory: Path,
+               fmt: str) -> Any:
     from .pipeline import mosaic
     from .search import SearchResult
 
     gbox = chip.geobox
     # The chip's own AOI: its extent grown by two pixels, so every pixel is inside (whole chip).
     res = abs(gbox.resolution.x)
-    grown = GeoBox((gbox.shape.y + 4, gbox.shape.x + 4), gbox.affine @ Affine.translation(-2, -2),
-                   gbox.crs)
-    area = grown.extent.to_crs("EPSG:4326").geom
-    touching = [i for i, fp in footprints if fp is None or fp.intersects(area)]
+    area = pad_geobox(gbox, (2, 2)).extent.to_crs("EPSG:4326").geom
+    touching = footprints.touching(gbox)
     path = directory / f"{chip.filename}.{fmt}"
     row: dict[str, Any] = {"key": chip.key, "lon": chip.lon, "lat": chip.lat, "crs": str(gbox.crs),
            "bounds": list(gbox.boundingbox), "resolution": res,
@@ -278,11 +278,10 @@ def _write_chip(data: np.ndarray, gbox: GeoBox, path: Path, names: list[str], fm
         else:
             from PIL import Image
 
-            low, high = float(rgb_range[0]), float(rgb_range[1])
-            rgb = np.stack([data[names.index(b)] for b in rgb_bands]).astype("float64")
-            valid = (rgb != 0).all(axis=0) & (count != 0)
-            scaled = np.clip(np.rint(1 + 254 * (rgb - low) / (high - low)), 1, 255)
-            pixels = np.where(valid, scaled, 0).astype("uint8")
+            from .write import stretch_rgb
+
+            pixels, valid = stretch_rgb(np.stack([data[names.index(b)] for b in rgb_bands]),
+                                        count, rgb_range)
             alpha = (valid * 255).astype("uint8")[None]
             Image.fromarray(np.moveaxis(np.concatenate([pixels, alpha]), 0, -1)).save(
                 partial, "PNG")

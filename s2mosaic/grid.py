@@ -21,7 +21,7 @@ from .aoi import AOI
 from .errors import DataError, SpecError
 from .spec import MosaicSpec
 
-__all__ = ["Tile", "aoi_mask", "native_geobox", "output_geobox", "pad_geobox", "tiles"]
+__all__ = ["Footprints", "Tile", "aoi_mask", "native_geobox", "output_geobox", "pad_geobox", "tiles"]
 
 
 def output_geobox(spec: MosaicSpec, items: Sequence[pystac.Item] = ()) -> GeoBox:
@@ -160,3 +160,32 @@ def pad_geobox(geobox: GeoBox, pixels: tuple[int, int]) -> GeoBox:
     h, w = geobox.shape.yx
     return GeoBox((h + 2 * py, w + 2 * px), geobox.affine @ Affine.translation(-px, -py),
                   geobox.crs)
+
+
+class Footprints:
+    """The footprints (EPSG:4326) of some items, indexed to pick those that touch a grid.
+
+    Used per run tile and per chip: the index is built once, each query is a tree lookup.
+    Items without a geometry touch everything.
+    """
+
+    def __init__(self, items: Sequence[pystac.Item]) -> None:
+        import shapely
+        import shapely.geometry
+
+        self.items = list(items)
+        self._open = [n for n, i in enumerate(self.items) if i.geometry is None]
+        with_geom = [n for n, i in enumerate(self.items) if i.geometry is not None]
+        self._index = with_geom
+        self._tree = shapely.STRtree([shapely.geometry.shape(self.items[n].geometry)
+                                      for n in with_geom])
+
+    def touching(self, geobox: GeoBox, margin: int = 2) -> list[pystac.Item]:
+        """Items whose footprint touches ``geobox`` grown by ``margin`` pixels, in item order.
+
+        The margin errs on the side of reading: footprints are simplified polygons, and a scene
+        that only grazes the box changes no pixel centre.
+        """
+        area = pad_geobox(geobox, (margin, margin)).extent.to_crs("EPSG:4326").geom
+        hits = {self._index[k] for k in self._tree.query(area, predicate="intersects")}
+        return [self.items[n] for n in sorted(hits.union(self._open))]

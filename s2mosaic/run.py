@@ -37,7 +37,6 @@ import dask
 import dask.array as da
 import numpy as np
 import pystac
-import shapely.geometry
 import xarray as xr
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_zeros
@@ -47,7 +46,7 @@ from ._manifest import Manifest, TileRecord, fingerprint, pixel_spec, spec_diffe
 from .cluster import keep_annotations, make_client, quiet_rasterio, quiet_workers
 from .cube import observation_count
 from .errors import RunError, WriteError
-from .grid import Tile, output_geobox, pad_geobox, tiles
+from .grid import Footprints, Tile, output_geobox, tiles
 from .masks import context_pixels
 from .notify import Notifier
 from .pipeline import PROVENANCE_ATTR, mosaic, provenance
@@ -314,6 +313,7 @@ class _Run:
         self.halo = context_pixels(spec.mask, self.gbox)
         self.aoi = spec.aoi.odc_geometry().to_crs(self.gbox.crs)
         self.observations = observation_count(self.items, spec)
+        self.footprints = Footprints(self.items)
         grid = _write._grid_info(self.gbox)
         self.fingerprint = fingerprint(spec.to_dict(), grid, spec.runtime.tile_pixels,
                                        [i.id for i in self.items])
@@ -418,12 +418,7 @@ class _Run:
         box = self._context(tile)[0]
         if not self.aoi.intersects(box.extent):
             return [], box
-        # Two more pixels: a footprint that only grazes the box cannot change a pixel centre,
-        # but footprints are simplified polygons; err on the side of reading.
-        area = pad_geobox(box, (2, 2)).extent.to_crs("EPSG:4326").geom
-        out = [i for i in self.items
-               if i.geometry is None or shapely.geometry.shape(i.geometry).intersects(area)]
-        return out, box
+        return self.footprints.touching(box), box
 
     def _mosaic(self, tile: Tile, items: list[pystac.Item]) -> xr.Dataset:
         box, ys, xs = self._context(tile)

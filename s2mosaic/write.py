@@ -38,9 +38,9 @@ from .spec import OutputSpec
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["WriteResult", "export_cog", "export_tiles", "init_zarr", "metadata_record", "read_digests", "write",
-           "write_block", "write_cog", "write_metadata", "write_rgb", "write_series_zarr",
-           "write_zarr"]
+__all__ = ["WriteResult", "export_cog", "export_tiles", "init_zarr", "metadata_record", "read_digests",
+           "stretch_rgb", "write", "write_block", "write_cog", "write_metadata", "write_rgb",
+           "write_series_zarr", "write_zarr"]
 
 NODATA = 0
 COUNT = "count"
@@ -195,12 +195,8 @@ def write_rgb(mosaic: xr.Dataset, path: str | Path, bands: Sequence[str] = ("red
     if not high > low:
         raise WriteError(f"RGB value_range {tuple(value_range)} for {path}: expected low < high "
                          "(output.rgb_range, e.g. [0, 3000])")
-    stack = _stack(mosaic, list(bands))
-    valid = (stack != NODATA).all(axis=0)
-    if COUNT in mosaic.data_vars:
-        valid &= mosaic[COUNT].data != 0
-    scaled = da.clip(da.rint(1 + 254 * (stack.astype("float64") - low) / (high - low)), 1, 255)
-    rgb = da.where(valid, scaled, 0).astype("uint8")
+    count = mosaic[COUNT].data if COUNT in mosaic.data_vars else None
+    rgb, valid = stretch_rgb(_stack(mosaic, list(bands)), count, (low, high))
     if path.suffix.lower() != ".png":
         _write_cog_array(rgb, _geobox(mosaic), path, list(bands), tags={}, rgb=True,
                          overwrite=overwrite, client=client, progress=progress)
@@ -352,6 +348,20 @@ def export_tiles(store: str | Path, directory: str | Path, tile_size: int, *,
 
 def _xml(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def stretch_rgb(stack: Any, count: Any, value_range: Sequence[float]) -> tuple[Any, Any]:
+    """The display stretch of :func:`write_rgb` on a ``(3, y, x)`` NumPy or Dask stack.
+
+    Returns ``(uint8 rgb, valid)``: ``clip(rint(1 + 254 (v - low) / (high - low)), 1, 255)`` in
+    float64 where all three bands are non-zero (and ``count``, if given, is non-zero), else 0.
+    """
+    low, high = float(value_range[0]), float(value_range[1])
+    valid = (stack != NODATA).all(axis=0)
+    if count is not None:
+        valid &= count != 0
+    scaled = np.clip(np.rint(1 + 254 * (stack.astype("float64") - low) / (high - low)), 1, 255)
+    return np.where(valid, scaled, 0).astype("uint8"), valid
 
 
 def write_metadata(path: str | Path, provenance: Mapping[str, Any]) -> Path:
