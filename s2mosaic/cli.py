@@ -105,6 +105,7 @@ def search(spec_path: SpecArg,
 
 
 def _execute(spec: MosaicSpec, resume: bool = False) -> None:
+    from .run import report_path
     from .run import run as do_run
 
     def on_stage(name: str, info: dict[str, Any]) -> None:
@@ -136,6 +137,7 @@ def _execute(spec: MosaicSpec, resume: bool = False) -> None:
     for kind, path in report.outputs.items():
         if path:
             out.print(f"{kind:>9}: {path}")
+    out.print(f"{'report':>9}: {report_path(spec.output)}")
 
 
 @app.command()

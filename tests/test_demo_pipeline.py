@@ -185,6 +185,11 @@ def test_cli_search_run_and_errors(demo_catalog: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["run", str(path)])
     assert res.exit_code == 0, res.output
     assert spec.output.cog is not None and spec.output.cog.exists()
+    report = tmp_path / "out" / "m.report.json"
+    assert f"report: {report}" in " ".join(res.output.split()) and report.exists()
+    res = runner.invoke(app, ["run", str(path), "--resume"])  # finished: nothing to compute
+    assert res.exit_code == 0, res.output
+    assert "0 tile(s) computed, 1 resumed" in " ".join(res.output.split())
     res = runner.invoke(app, ["run", str(path)])  # outputs exist, no --overwrite
     assert res.exit_code == 2 and "overwrite" in res.output
     assert runner.invoke(app, ["run", str(path), "--overwrite"]).exit_code == 0
