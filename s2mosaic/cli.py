@@ -131,12 +131,8 @@ def _execute(spec: MosaicSpec, resume: bool = False) -> None:
     except S2MosaicError as e:
         raise _fail(e) from None
     t = report.tiles
-    console.print(f"[green]Done[/] in {report.wall_time_s:.1f} s: {t['computed']} tile(s) "
-                  f"computed, {t['resumed']} resumed, {t['empty']} empty, "
-                  f"{t['retried']} retried")
-    for kind, path in report.outputs.items():
-        if path:
-            out.print(f"{kind:>9}: {path}")
+    _report_outputs(report, f": {t['computed']} tile(s) computed, {t['resumed']} resumed, "
+                            f"{t['empty']} empty, {t['retried']} retried")
     out.print(f"{'report':>9}: {report_path(spec.output)}")
 
 
@@ -267,8 +263,8 @@ def show_versions() -> None:
     show()
 
 
-def _report_outputs(report: Any) -> None:
-    console.print(f"[green]Done[/] in {report.wall_time_s:.1f} s")
+def _report_outputs(report: Any, summary: str = "") -> None:
+    console.print(f"[green]Done[/] in {report.wall_time_s:.1f} s{summary}")
     for kind, path in report.outputs.items():
         if path:
             out.print(f"{kind:>9}: {path}")
