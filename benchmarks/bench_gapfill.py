@@ -38,12 +38,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse
-import math
-import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
+from bench_composite import best_of  # the same timing rule as the composite benchmark
 
 from s2mosaic import timeseries
 from s2mosaic._timeseries_kernels import smooth_fixed_point, solve_smoother
@@ -63,15 +60,6 @@ def make_window(size: int, n_bands: int, n_days: int, seed: int = SEED
         weights[d, 0] = rng.random(n_pix) < 0.5
         values[d] = rng.integers(1, 10_000, (n_bands, n_pix))
     return values, weights
-
-
-def best_of(fn: Callable[[], Any], repeat: int) -> float:
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def ours_blocked(rhs: np.ndarray, weights: np.ndarray, block: int) -> None:

@@ -383,15 +383,22 @@ def _geobox(ds: xr.Dataset) -> GeoBox:
     return gbox
 
 
-def _raster_vars(ds: xr.Dataset) -> list[str]:
-    """Band variables in dataset order, then ``count``; all must be 2-D on the spatial dims."""
+def _raster_vars(ds: xr.Dataset, series_path: Path | None = None) -> list[str]:
+    """Band variables in dataset order, then ``count``; all must be 2-D on the spatial dims
+    (``(time, y, x)`` for the series written to ``series_path``)."""
     dims = tuple(ds.odc.spatial_dims or ())
+    if series_path is not None:
+        dims = ("time", *dims)
     names = [str(n) for n in ds.data_vars if n != COUNT]
     names += [COUNT] if COUNT in ds.data_vars else []
     for n in names:
-        if ds[n].dims != dims:
-            raise WriteError(f"variable {n!r} has dims {ds[n].dims}; every variable written must "
-                             f"have exactly the spatial dims {dims} (select a single time first)")
+        if ds[n].dims == dims:
+            continue
+        if series_path is not None:
+            raise WriteError(f"{series_path}: variable {n!r} has dims {ds[n].dims}; every "
+                             f"variable of a series must have dims {dims}")
+        raise WriteError(f"variable {n!r} has dims {ds[n].dims}; every variable written must "
+                         f"have exactly the spatial dims {dims} (select a single time first)")
     if not names:
         raise WriteError("the mosaic has no data variables to write")
     return names
@@ -634,14 +641,8 @@ def write_series_zarr(series: xr.Dataset, path: str | Path, *, overwrite: bool =
     if "time" not in series.dims:
         raise WriteError(f"{path}: write_series_zarr writes a (time, y, x) series; this dataset "
                          f"has dims {dict(series.sizes)} (use write_zarr for one mosaic)")
-    dims = ("time", *(series.odc.spatial_dims or ()))
-    names = [str(n) for n in series.data_vars if n != COUNT]
-    names += [COUNT] if COUNT in series.data_vars else []
-    for n in names:
-        if series[n].dims != dims:
-            raise WriteError(f"{path}: variable {n!r} has dims {series[n].dims}; every variable "
-                             f"of a series must have dims {dims}")
-    ds = _regular_chunks(series[names], dims)
+    names = _raster_vars(series, series_path=path)
+    ds = _regular_chunks(series[names], ("time", *(series.odc.spatial_dims or ())))
     # One time step through the single-mosaic path gives the grid mapping, attributes and
     # per-variable encoding; the series adds the time chunk in front.
     plane, plane_encoding = _zarr_dataset(ds.isel(time=0, drop=True))
