@@ -4,7 +4,7 @@ Run:  python benchmarks/bench_demo.py [--dir /tmp/bench-demo] [--size 600]
 
 Prints, in one run:
 - demo catalog generation time;
-- `s2mosaic.run` of the demo spec on a LocalCluster (this machine's default sizing): wall time
+- `s2mosaic._run` of the demo spec on a LocalCluster (this machine's default sizing): wall time
   per stage and peak resident memory of the client process and of the workers together;
 - the same percentile-25 composite computed the way users commonly write it — the same lazy
   odc-stac cube, masked to float with `where`, reduced with `xarray.DataArray.quantile(skipna)` —
@@ -64,10 +64,10 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     import s2mosaic
-    from s2mosaic.cluster import local_cluster_size
-    from s2mosaic.cube import load_cube
+    from s2mosaic._cluster import local_cluster_size
+    from s2mosaic._cube import load_cube
+    from s2mosaic._grid import aoi_mask, output_geobox
     from s2mosaic.demo import demo_spec, make_demo_catalog
-    from s2mosaic.grid import aoi_mask, output_geobox
     from s2mosaic.masks import valid_mask
 
     t = time.perf_counter()

@@ -42,7 +42,7 @@ import argparse
 import numpy as np
 from bench_composite import best_of  # the same timing rule as the composite benchmark
 
-from s2mosaic import timeseries
+from s2mosaic import _timeseries as timeseries
 from s2mosaic._timeseries_kernels import smooth_fixed_point, solve_smoother
 
 SEED = 20240601

@@ -30,10 +30,10 @@ import pystac
 import rasterio
 import xarray as xr
 
-from s2mosaic.cube import SCL_VAR, load_cube
-from s2mosaic.grid import native_geobox, output_geobox
+from s2mosaic._cube import SCL_VAR, load_cube
+from s2mosaic._grid import native_geobox, output_geobox
+from s2mosaic._spec import OCM_WEIGHTS_ENV, MosaicSpec
 from s2mosaic.masks import MaskContext
-from s2mosaic.spec import OCM_WEIGHTS_ENV, MosaicSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SCL_CLOUD = (8, 9, 10)
@@ -156,9 +156,9 @@ def barbellino(data: Path, weights: Path | None) -> list[str]:
 
 def throughput(size: int, dates: int) -> list[str]:
     """Our per-chunk path vs predict_from_array on the same (dates, 3, size, size) array."""
+    from s2mosaic._spec import MaskSpec
     from s2mosaic.masks.combine import map_overlap_exact  # noqa: F401  (the path measured)
     from s2mosaic.masks.omnicloud import OCM_WEIGHT_FILES, import_omnicloudmask, ocm_classes
-    from s2mosaic.spec import MaskSpec
 
     import_omnicloudmask()
     import segmentation_models_pytorch as smp

@@ -4,7 +4,7 @@ Run:  python benchmarks/bench_scale.py [--dir /tmp/s2mosaic-bench-scale] [--base
 
 On the largest demo catalog (two 1200 × 1200 px tiles across 12°E, 12 dates), square AOIs
 centred on the zone line with sides of ``base``, 2 × ``base`` and 4 × ``base`` pixels at 10 m,
-each run with ``s2mosaic.run`` on a fresh LocalCluster of 2 worker processes × 1 thread,
+each run with ``s2mosaic._run`` on a fresh LocalCluster of 2 worker processes × 1 thread,
 ``tile_size`` = ``base`` (so 1, 4 and 16 tiles), ``chunks`` = ``base / 2`` and at most 2 tiles
 in flight. Prints, per area:
 
@@ -83,8 +83,8 @@ def run_one(catalog: Path, out: Path, side: int, base: int) -> dict[str, Any]:
     from distributed import Client, LocalCluster
 
     import s2mosaic
+    from s2mosaic._pipeline import mosaic
     from s2mosaic.demo import demo_spec
-    from s2mosaic.pipeline import mosaic
 
     spec = demo_spec(catalog, out).replace(
         aoi=_aoi(side), output={"zarr": out / "m.zarr"},
@@ -94,7 +94,7 @@ def run_one(catalog: Path, out: Path, side: int, base: int) -> dict[str, Any]:
     one_graph = len(dask.optimize(*[whole[n].data for n in whole.data_vars])[0].__dask_graph__())
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:
-        client.run(lambda: __import__("s2mosaic.run"))  # imports in, so they are the baseline
+        client.run(lambda: __import__("s2mosaic._run"))  # imports in, so they are the baseline
         before = client.run(_rss)
         pids = client.run(os.getpid)
         with WorkerPeaks(list(pids.values())) as peaks:

@@ -4,7 +4,7 @@
    (``select.method: min-cover``, ``max_observations`` 1-3) against all scenes: time to compute
    (read + mask + reduce), bytes read (``/proc/self/io`` rchar), and how much of the AOI the
    selection fills and fills with the same values as all scenes.
-2. The throughput :mod:`s2mosaic.plan` uses for its time estimate: source bytes read and
+2. The throughput :mod:`s2mosaic._plan` uses for its time estimate: source bytes read and
    processed per second per core, end to end (percentile mosaic, synchronous scheduler).
 3. The plan's estimates against a real in-process run (bytes read, sizes on disk).
 
@@ -25,9 +25,9 @@ import dask
 import numpy as np
 
 import s2mosaic
+from s2mosaic._plan import plan
+from s2mosaic._select import select
 from s2mosaic.demo import demo_spec, make_demo_catalog
-from s2mosaic.plan import plan
-from s2mosaic.select import select
 
 
 def rchar() -> int:

@@ -34,7 +34,7 @@ import xarray as xr
 from distributed import progress
 
 import s2mosaic
-from s2mosaic.cluster import gpu_resources, job_script, load_profile, make_client
+from s2mosaic import gpu_resources, job_script, load_profile, make_client
 from s2mosaic.demo import demo_spec, make_demo_catalog
 
 repo = Path(s2mosaic.__file__).resolve().parents[1]  # profiles live in the source checkout

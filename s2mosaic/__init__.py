@@ -5,12 +5,39 @@
 >>> items = s2mosaic.search(spec)                           # doctest: +SKIP
 >>> m = s2mosaic.mosaic(spec, items=items)                  # doctest: +SKIP
 >>> s2mosaic.write(m, spec.output)                          # doctest: +SKIP
+
+The modules behind these names are private (``s2mosaic._cube``, ...); the public API is what
+``__all__`` lists, plus the subpackages ``composite``, ``masks``, ``demo`` and ``errors``.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .batch import BatchReport, run_many
-from .cluster import make_client
+from ._batch import BatchReport, run_many
+from ._chips import Chip, ChipsReport, chip_at, chips_over, make_chips
+from ._cluster import gpu_annotate, gpu_resources, job_script, load_profile, make_client
+from ._grid import output_geobox
+from ._pipeline import mosaic, software_versions
+from ._plan import Plan, plan
+from ._run import RunReport, run, write
+from ._search import SearchResult, search
+from ._select import Selection, select
+from ._spec import MosaicSpec
+from ._timeseries import (
+    INDICES,
+    GapFill,
+    Observations,
+    filter_acquisitions,
+    gapfill,
+    interpolate,
+    normalized_difference,
+    observations,
+    run_gapfill,
+    run_series,
+    series,
+    valid_fraction,
+    with_indices,
+)
+from ._write import export_tiles
 from .errors import (
     CubeError,
     DataError,
@@ -22,14 +49,6 @@ from .errors import (
     SpecError,
     WriteError,
 )
-from .pipeline import mosaic, software_versions
-from .plan import Plan, plan
-from .run import RunReport, run, write
-from .search import SearchResult, search
-from .select import Selection, select
-from .spec import MosaicSpec
-from .timeseries import GapFill, gapfill, run_gapfill, run_series, series
-from .write import export_tiles
 
 try:
     __version__ = version("s2mosaic")
@@ -44,13 +63,17 @@ def show_versions() -> None:
 
 
 __all__ = [
+    "INDICES",
     "BatchReport",
+    "Chip",
+    "ChipsReport",
     "CubeError",
     "DataError",
     "EmptySearchError",
     "GapFill",
     "MissingDependencyError",
     "MosaicSpec",
+    "Observations",
     "Plan",
     "RunError",
     "RunReport",
@@ -61,10 +84,22 @@ __all__ = [
     "SpecError",
     "WriteError",
     "__version__",
+    "chip_at",
+    "chips_over",
     "export_tiles",
+    "filter_acquisitions",
     "gapfill",
+    "gpu_annotate",
+    "gpu_resources",
+    "interpolate",
+    "job_script",
+    "load_profile",
+    "make_chips",
     "make_client",
     "mosaic",
+    "normalized_difference",
+    "observations",
+    "output_geobox",
     "plan",
     "run",
     "run_gapfill",
@@ -74,5 +109,7 @@ __all__ = [
     "select",
     "series",
     "show_versions",
+    "valid_fraction",
+    "with_indices",
     "write",
 ]

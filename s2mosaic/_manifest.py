@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import pystac
 
+from ._search import DroppedItem, SearchResult
 from .errors import WriteError
-from .search import DroppedItem, SearchResult
 
 __all__ = ["RUN_GROUP", "Manifest", "TileRecord", "block_digest", "fingerprint", "tile_digest"]
 

@@ -1,7 +1,7 @@
 """Cluster profiles (``cluster/*.yaml``): read, validated, turned into cluster-class kwargs.
 
 A profile's ``jobqueue:`` part is dask-jobqueue's own configuration shape; its ``s2mosaic:`` part
-says which entry to use, how to scale and how long to wait for workers. See :mod:`s2mosaic.cluster`.
+says which entry to use, how to scale and how long to wait for workers. See :mod:`s2mosaic._cluster`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ JOBQUEUE_CLASSES: dict[str, str] = {
     "slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster",
     "oar": "OARCluster", "htcondor": "HTCondorCluster", "moab": "MoabCluster",
 }
-#: ``s2mosaic.cluster`` values: ``local`` (a ``distributed.LocalCluster``) or a jobqueue entry.
+#: ``s2mosaic._cluster`` values: ``local`` (a ``distributed.LocalCluster``) or a jobqueue entry.
 CLUSTER_KINDS: tuple[str, ...] = ("local", *JOBQUEUE_CLASSES)
 #: ``s2mosaic.local`` keys: the ``distributed.LocalCluster`` keyword arguments a profile may set.
 LOCAL_OPTIONS = ("n_workers", "threads_per_worker", "processes", "memory_limit",
@@ -102,17 +102,17 @@ class ClusterProfile:
         kind = ours.get("cluster")
         if kind is None:
             if len(jq) != 1:
-                raise bad("s2mosaic.cluster", None, "say which cluster to start: 'local' or one "
+                raise bad("s2mosaic._cluster", None, "say which cluster to start: 'local' or one "
                           f"of the jobqueue entries {sorted(jq) or list(JOBQUEUE_CLASSES)}")
             kind = next(iter(jq))
         if kind not in CLUSTER_KINDS:
-            raise bad("s2mosaic.cluster", kind, f"valid values are {list(CLUSTER_KINDS)}")
+            raise bad("s2mosaic._cluster", kind, f"valid values are {list(CLUSTER_KINDS)}")
         if kind == "local":
             options = _local_options(ours.get("local") or {}, bad)
         else:
             if "local" in ours:
                 raise bad("s2mosaic.local", ours["local"],
-                          f"only used with s2mosaic.cluster: local (this profile is {kind!r})")
+                          f"only used with s2mosaic._cluster: local (this profile is {kind!r})")
             entry = jq.get(kind) or {}
             if not isinstance(entry, Mapping):
                 raise bad(f"jobqueue.{kind}", entry, "expected a mapping of dask-jobqueue options")

@@ -1,4 +1,4 @@
-"""Array kernels of :mod:`s2mosaic.timeseries`: NumPy on the CPU, the same code on CuPy arrays.
+"""Array kernels of :mod:`s2mosaic._timeseries`: NumPy on the CPU, the same code on CuPy arrays.
 
 They know nothing of xarray, STAC or Dask (``DESIGN.md``): arrays in, arrays out, time on axis 0
 and any number of pixel axes after it. The array module is taken from the inputs, so a CuPy

@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ._spec import MosaicSpec
 from .errors import S2MosaicError
-from .spec import MosaicSpec
 
 app = typer.Typer(
     help="Cloud-free Sentinel-2 mosaics from STAC, streamed with Dask.",
@@ -70,9 +70,9 @@ def search(spec_path: SpecArg,
            as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
            ) -> None:
     """List the scenes the spec's search finds (after filters and de-duplication)."""
-    from .cube import resolve_band
-    from .search import boa_offset, mgrs_tile
-    from .search import search as do_search
+    from ._cube import resolve_band
+    from ._search import boa_offset, mgrs_tile
+    from ._search import search as do_search
 
     try:
         spec = _load(spec_path)
@@ -105,8 +105,8 @@ def search(spec_path: SpecArg,
 
 
 def _execute(spec: MosaicSpec, resume: bool = False) -> None:
-    from .run import report_path
-    from .run import run as do_run
+    from ._run import report_path
+    from ._run import run as do_run
 
     def on_stage(name: str, info: dict[str, Any]) -> None:
         if name == "cluster":
@@ -197,7 +197,7 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
 ) -> None:
     """Estimate scenes, bytes to read, output size, wall time and cost, reading no pixels."""
-    from .plan import plan as do_plan
+    from ._plan import plan as do_plan
 
     try:
         p = do_plan(_load(spec_path), cores=cores, cluster=cluster, cost_per_core_hour=cost,
@@ -226,7 +226,7 @@ def preview(
                                          "(network requests).")] = False,
 ) -> None:
     """Write a quicklook map (HTML, works offline) and a PNG of the scenes the spec would use."""
-    from .preview import preview as do_preview
+    from ._preview import preview as do_preview
 
     try:
         r = do_preview(_load(spec_path), output, png=png or output.with_suffix(".png"),
@@ -246,7 +246,7 @@ app.add_typer(cluster_app, name="cluster")
 @cluster_app.command("script")
 def cluster_script(profile: ProfileArg) -> None:
     """Print the batch job script one worker job of PROFILE would submit (submits nothing)."""
-    from .cluster import job_script
+    from ._cluster import job_script
 
     try:
         script = job_script(profile)
@@ -280,8 +280,8 @@ def series(
     """Build one composite per period of the spec's series.periods (monthly, quarterly, 'every
     N days' or a list) into one Zarr with a time dimension, plus a COG per period when
     output.cog is set."""
+    from ._timeseries import run_series
     from .errors import SpecError
-    from .timeseries import run_series
 
     try:
         spec = _load(spec_path, scheduler, overwrite, cluster)
@@ -313,7 +313,7 @@ def gapfill(
 ) -> None:
     """Daily (or every-STEP-day) cloud-free rasters over the spec's period by damped temporal
     interpolation (SpaceEye), written to output.zarr with a time dimension."""
-    from .timeseries import GapFill, run_gapfill
+    from ._timeseries import GapFill, run_gapfill
 
     try:
         spec = _load(spec_path, scheduler, overwrite, cluster)
@@ -344,8 +344,8 @@ def batch(
     A failing job never stops the others; the summary table lists every job's status, and the
     exit code is 1 when any job failed.
     """
-    from .batch import load_batch, run_many
-    from .spec import RuntimeSpec
+    from ._batch import load_batch, run_many
+    from ._spec import RuntimeSpec
 
     if scheduler is not None and cluster is not None:
         raise typer.BadParameter("give --scheduler or --cluster, not both", param_hint="--cluster")
@@ -390,7 +390,7 @@ def export(
 ) -> None:
     """Stream a COG (overviews, BIGTIFF when needed) or per-tile COGs + a VRT from a Zarr store,
     without loading it whole."""
-    from .write import export_cog, export_tiles
+    from ._write import export_cog, export_tiles
 
     if cog is None and tiles_dir is None:
         raise typer.BadParameter("give --cog and/or --tiles", param_hint="--cog")
@@ -423,8 +423,8 @@ def chips(
 ) -> None:
     """Write many small fixed-size chips (GeoTIFF/PNG + manifest.jsonl), keyed like
     DLTile.from_latlon; a rerun skips the chips already written."""
-    from .chips import chip_at, chips_over, make_chips
-    from .cluster import make_client
+    from ._chips import chip_at, chips_over, make_chips
+    from ._cluster import make_client
 
     try:
         spec = _load(spec_path, scheduler, False, cluster)

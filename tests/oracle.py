@@ -17,7 +17,7 @@ import shapely.ops
 from affine import Affine
 from pyproj import Transformer
 
-from s2mosaic.spec import OutputSpec
+from s2mosaic._spec import OutputSpec
 
 
 @dataclass

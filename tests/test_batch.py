@@ -12,13 +12,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import s2mosaic.batch as batch
-from s2mosaic.batch import load_batch, run_many
+import s2mosaic._batch as batch
+from s2mosaic._batch import load_batch, run_many
+from s2mosaic._run import RunReport
+from s2mosaic._spec import MosaicSpec
 from s2mosaic.cli import app
 from s2mosaic.demo import demo_spec
 from s2mosaic.errors import SpecError
-from s2mosaic.run import RunReport
-from s2mosaic.spec import MosaicSpec
 
 AOI_A = [11.995, 47.497, 12.0, 47.5]
 AOI_B = [12.0, 47.5, 12.005, 47.503]

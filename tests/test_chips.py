@@ -15,7 +15,7 @@ from pyproj import Transformer
 from typer.testing import CliRunner
 
 import s2mosaic
-from s2mosaic.chips import chip_at, chips_over, make_chips
+from s2mosaic._chips import chip_at, chips_over, make_chips
 from s2mosaic.cli import app
 from s2mosaic.demo import DEMO_AOI_BBOX, demo_spec
 from s2mosaic.errors import SpecError

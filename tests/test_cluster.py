@@ -30,9 +30,8 @@ import yaml
 from typer.testing import CliRunner
 
 import s2mosaic
-from s2mosaic import cluster as cl
-from s2mosaic.cli import app
-from s2mosaic.cluster import (
+from s2mosaic import _cluster as cl
+from s2mosaic._cluster import (
     ClusterError,
     ClusterProfile,
     GPUFallbackWarning,
@@ -43,9 +42,10 @@ from s2mosaic.cluster import (
     load_profile,
     make_client,
 )
+from s2mosaic._spec import MosaicSpec, RuntimeSpec
+from s2mosaic.cli import app
 from s2mosaic.demo import demo_spec
 from s2mosaic.errors import SpecError
-from s2mosaic.spec import MosaicSpec, RuntimeSpec
 
 from .oracle import assert_identical_outputs
 
@@ -167,7 +167,7 @@ def test_no_writes_into_home_and_no_jobqueue_at_import(tmp_path: Path) -> None:
     """dask-jobqueue copies jobqueue.yaml into ~/.config/dask when imported; we keep it out."""
     env = {k: v for k, v in os.environ.items() if k != "DASK_CONFIG"} | {"HOME": str(tmp_path)}
     code = ("import sys, s2mosaic; assert 'dask_jobqueue' not in sys.modules; "
-            "from s2mosaic.cluster import job_script; "
+            "from s2mosaic._cluster import job_script; "
             f"job_script({str(PROFILES / 'slurm-cpu.yaml')!r}); "
             "assert 'dask_jobqueue' in sys.modules")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
@@ -176,8 +176,8 @@ def test_no_writes_into_home_and_no_jobqueue_at_import(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("data,field,phrase", [
     ({"jobqueue": {"slurm": {"cpus": 4}}}, "jobqueue.slurm.cpus", "valid keys are"),
-    ({"jobqueue": {"slurm": {}, "pbs": {}}}, "s2mosaic.cluster", "say which cluster"),
-    ({"s2mosaic": {"cluster": "kubernetes"}}, "s2mosaic.cluster", "valid values are"),
+    ({"jobqueue": {"slurm": {}, "pbs": {}}}, "s2mosaic._cluster", "say which cluster"),
+    ({"s2mosaic": {"cluster": "kubernetes"}}, "s2mosaic._cluster", "valid values are"),
     ({"jobqueue": {"slurm": {}}, "distributed": {}}, "distributed", "unknown key"),
     ({"s2mosaic": {"cluster": "local", "local": {"workers": 2}}}, "s2mosaic.local.workers",
      "n_workers"),

@@ -13,11 +13,11 @@ import pytest
 import xarray as xr
 
 import s2mosaic
-from s2mosaic.cube import _apply_offset, _groups, load_cube, resolve_band
+from s2mosaic._cube import _apply_offset, _groups, load_cube, resolve_band
+from s2mosaic._grid import output_geobox
+from s2mosaic._spec import MaskSpec, MosaicSpec
 from s2mosaic.errors import DataError
-from s2mosaic.grid import output_geobox
 from s2mosaic.masks import dilate, valid_mask
-from s2mosaic.spec import MaskSpec, MosaicSpec
 
 BBOX = [10.0416, 46.0641, 10.0448, 46.0679]
 EOLEARN_BBOX = [14.552, 45.866, 14.564, 45.875]
@@ -160,7 +160,7 @@ def test_gdal_settings_travel_inside_the_graph(s2_data: Path) -> None:
     import os
     import pickle
 
-    from s2mosaic.cube import GDAL_SETTINGS
+    from s2mosaic._cube import GDAL_SETTINGS
 
     spec = _spec(s2_data)
     items = s2mosaic.search(spec)

@@ -20,9 +20,9 @@ from pyproj import Transformer
 from typer.testing import CliRunner
 
 import s2mosaic
+from s2mosaic._spec import MosaicSpec
 from s2mosaic.cli import app
 from s2mosaic.demo import demo_spec
-from s2mosaic.spec import MosaicSpec
 
 from .oracle import aoi_inside, assert_identical_outputs, crop, place, read_native, reduce
 

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from s2mosaic.cluster import keep_annotations
+from s2mosaic._cluster import keep_annotations
+from s2mosaic._spec import OCM_WEIGHTS_ENV, MaskSpec
 from s2mosaic.errors import CubeError, MissingDependencyError, ModelWeightsError, SpecError
 from s2mosaic.masks import MaskContext, valid_mask
 from s2mosaic.masks.combine import plan_chunks
@@ -39,7 +40,6 @@ from s2mosaic.masks.omnicloud import (
     ocm_factor,
     resolve_weights_dir,
 )
-from s2mosaic.spec import OCM_WEIGHTS_ENV, MaskSpec
 
 try:
     import_omnicloudmask()  # torch, and torchvision beside a CPU-only torch
@@ -302,9 +302,9 @@ def test_cube_without_mask_bands_is_a_clear_error(models: list[torch.nn.Module])
 def test_ocm_plus_scl_on_real_l2a_is_the_union(s2_data: Path, weights_dir: Path) -> None:
     """Barbellino (no B8A: NIR falls back to B08), through load_cube and valid_mask."""
     import s2mosaic
-    from s2mosaic.cube import SCL_VAR, load_cube
-    from s2mosaic.grid import output_geobox
-    from s2mosaic.spec import MosaicSpec
+    from s2mosaic._cube import SCL_VAR, load_cube
+    from s2mosaic._grid import output_geobox
+    from s2mosaic._spec import MosaicSpec
 
     spec = MosaicSpec(aoi=[10.0416, 46.0641, 10.0448, 46.0679], period=["2017-01-01", "2019-12-31"],
                       source={"stac": str(s2_data / "catalog.json")}, bands=["red", "nir"],
@@ -370,7 +370,7 @@ def test_gpu_path_runs_on_cuda_in_half_precision(models: list[torch.nn.Module]) 
 
 
 def test_relative_weights_dir_resolves_against_the_yaml(tmp_path: Path) -> None:
-    from s2mosaic.spec import MosaicSpec
+    from s2mosaic._spec import MosaicSpec
 
     (tmp_path / "spec.yaml").write_text(
         "aoi: [10.0, 46.0, 10.01, 46.01]\nperiod: [2020-01-01, 2020-02-01]\n"

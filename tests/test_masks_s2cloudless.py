@@ -20,12 +20,12 @@ from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 
 import s2mosaic
-from s2mosaic.cube import S2CLOUDLESS_BANDS, load_cube
+from s2mosaic._cube import S2CLOUDLESS_BANDS, load_cube
+from s2mosaic._grid import native_geobox
+from s2mosaic._spec import MaskSpec, MosaicSpec
 from s2mosaic.errors import CubeError, SpecError
-from s2mosaic.grid import native_geobox
 from s2mosaic.masks import MaskContext, valid_mask
 from s2mosaic.masks.s2cloudless import s2cloudless_clouds, s2cloudless_probability
-from s2mosaic.spec import MaskSpec, MosaicSpec
 
 from .oracle import aoi_inside, place, read_native, reduce
 

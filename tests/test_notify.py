@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 import s2mosaic
+from s2mosaic._notify import WEBHOOK_ENV, Notifier
+from s2mosaic._spec import MosaicSpec
 from s2mosaic.demo import demo_spec
 from s2mosaic.errors import WriteError
-from s2mosaic.notify import WEBHOOK_ENV, Notifier
-from s2mosaic.spec import MosaicSpec
 
 SMALL_AOI = [11.995, 47.495, 12.005, 47.502]  # across the zone line, a few chunks
 
@@ -124,10 +124,10 @@ def test_an_undeliverable_notification_never_fails_the_run(
         monkeypatch.setenv(WEBHOOK_ENV, f"http://127.0.0.1:{_closed_port()}/hook/SECRET-TOKEN")
     else:
         webhook.status = 500
-    caplog.set_level(logging.WARNING, logger="s2mosaic.notify")
+    caplog.set_level(logging.WARNING, logger="s2mosaic._notify")
     report = s2mosaic.run(_spec(demo_catalog, tmp_path / "out"))
     assert Path(str(report.outputs["cog"])).exists()
-    warnings = [r.getMessage() for r in caplog.records if r.name == "s2mosaic.notify"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "s2mosaic._notify"]
     assert len(warnings) == 2, warnings  # started, completed
     assert all("could not post" in w and "the run goes on" in w for w in warnings)
     if problem == "HTTP 500":
@@ -158,7 +158,7 @@ def test_notifier_redacts_and_rejects_non_http(caplog: pytest.LogCaptureFixture)
     n = Notifier("https://user:pw@hooks.example.invalid/services/T0/B0/SECRET")
     assert repr(n) == "Notifier('https://hooks.example.invalid/…')"
     f = Notifier("file:///etc/passwd")
-    caplog.set_level(logging.WARNING, logger="s2mosaic.notify")
+    caplog.set_level(logging.WARNING, logger="s2mosaic._notify")
     assert f.completed("p", {"wall_time_s": 1.0}) is False
     assert "not an http(s) URL" in caplog.text
 

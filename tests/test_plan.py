@@ -1,4 +1,4 @@
-"""`s2mosaic.plan`: the estimates against a real run of the demo (bytes read through
+"""`s2mosaic._plan`: the estimates against a real run of the demo (bytes read through
 ``/proc/self/io``, sizes on disk), remote items sized from their metadata without network, the
 time/cost model and the CLI."""
 
@@ -16,11 +16,11 @@ import shapely.geometry
 from typer.testing import CliRunner
 
 from s2mosaic import plan, run, search
+from s2mosaic._plan import SENTINEL2MOSAICS_GB, THROUGHPUT
+from s2mosaic._spec import MosaicSpec
 from s2mosaic.cli import app
 from s2mosaic.demo import demo_spec
 from s2mosaic.errors import SpecError
-from s2mosaic.plan import SENTINEL2MOSAICS_GB, THROUGHPUT
-from s2mosaic.spec import MosaicSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.25

@@ -1,4 +1,4 @@
-"""`s2mosaic.preview`: the folium map opens in headless Chromium without console errors and draws
+"""`s2mosaic._preview`: the folium map opens in headless Chromium without console errors and draws
 the footprints; the PNG is real; quicklooks come from a thumbnail asset or the COG overviews."""
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from s2mosaic import search
+from s2mosaic._preview import cloud_colour, preview, quicklook
+from s2mosaic._select import select
+from s2mosaic._spec import MosaicSpec
 from s2mosaic.cli import app
 from s2mosaic.demo import demo_spec
 from s2mosaic.errors import SpecError
-from s2mosaic.preview import cloud_colour, preview, quicklook
-from s2mosaic.select import select
-from s2mosaic.spec import MosaicSpec
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import shapely
 import xarray as xr
 
 import s2mosaic
-from s2mosaic.spec import MosaicSpec
+from s2mosaic._spec import MosaicSpec
 
 from .oracle import aoi_inside, place, read_native, reduce
 

@@ -18,9 +18,9 @@ from typing import Any
 import pystac
 import pytest
 
+from s2mosaic._search import DroppedItem, SearchResult, boa_offset, dedupe, mgrs_tile, search
+from s2mosaic._spec import MosaicSpec
 from s2mosaic.errors import EmptySearchError, S2MosaicError, SearchError
-from s2mosaic.search import DroppedItem, SearchResult, boa_offset, dedupe, mgrs_tile, search
-from s2mosaic.spec import MosaicSpec
 
 
 def _shared_s2() -> Path | None:

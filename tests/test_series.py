@@ -13,12 +13,12 @@ import rasterio
 import xarray as xr
 from typer.testing import CliRunner
 
+from s2mosaic._pipeline import mosaic
+from s2mosaic._spec import MosaicSpec, Period, SeriesSpec
+from s2mosaic._timeseries import GapFill, run_gapfill, run_series, series
 from s2mosaic.cli import app
 from s2mosaic.demo import demo_spec
 from s2mosaic.errors import SpecError, WriteError
-from s2mosaic.pipeline import mosaic
-from s2mosaic.spec import MosaicSpec, Period, SeriesSpec
-from s2mosaic.timeseries import GapFill, run_gapfill, run_series, series
 
 # Inside both demo tiles and across the UTM zone line, small enough for a fast test.
 AOI = [11.995, 47.497, 12.005, 47.503]

@@ -24,9 +24,8 @@ import shapely.ops
 import yaml
 from dask.base import tokenize
 
-from s2mosaic.aoi import AOI
-from s2mosaic.errors import S2MosaicError, SpecError
-from s2mosaic.spec import (
+from s2mosaic._aoi import AOI
+from s2mosaic._spec import (
     COMPOSITE_METHODS,
     LOADERS,
     RESAMPLING_METHODS,
@@ -36,6 +35,7 @@ from s2mosaic.spec import (
     Period,
     SourceSpec,
 )
+from s2mosaic.errors import S2MosaicError, SpecError
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -873,7 +873,7 @@ def test_tokenize_is_stable_across_processes(tmp_path: Path) -> None:
     """Task names must not depend on the process (hash seed) that built the graph."""
     code = textwrap.dedent(f"""
         from dask.base import tokenize
-        from s2mosaic.spec import MosaicSpec
+        from s2mosaic._spec import MosaicSpec
         print(tokenize(MosaicSpec.from_dict({BASE!r})))
     """)
     tokens = set()

@@ -1,4 +1,4 @@
-"""`s2mosaic.search` and `s2mosaic.mosaic` against a real STAC API (pgstac) serving the demo catalog.
+"""`s2mosaic._search` and `s2mosaic.mosaic` against a real STAC API (pgstac) serving the demo catalog.
 
 The API and the static ``catalog.json`` it was loaded from must give the same items, in the same
 order, with the same reprocessed duplicate dropped, and the same mosaic. Needs:
@@ -26,8 +26,8 @@ import shapely.geometry
 from shapely.geometry.base import BaseGeometry
 
 import s2mosaic
+from s2mosaic._search import mgrs_tile
 from s2mosaic.demo import DEMO_AOI_BBOX, DEMO_PERIOD
-from s2mosaic.search import mgrs_tile
 
 API_URL = os.environ.get("STAC_API_URL", "")
 DEMO_CATALOG = os.environ.get("S2MOSAIC_DEMO_CATALOG", "")
@@ -195,7 +195,7 @@ def test_api_asset_hrefs_are_existing_local_files(
             assert path == Path(static_items[item.id].assets[key].href)
 
 
-# -- s2mosaic.search: API == static catalog -------------------------------------------------------
+# -- s2mosaic._search: API == static catalog -------------------------------------------------------
 @pytest.mark.parametrize("case", CASES)
 def test_search_api_equals_static(
     case: str, catalog_json: Path, static_items: dict[str, pystac.Item]

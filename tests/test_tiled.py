@@ -27,12 +27,12 @@ import shapely
 import xarray as xr
 
 import s2mosaic
+from s2mosaic._grid import pad_geobox, tiles
 from s2mosaic._manifest import Manifest
+from s2mosaic._pipeline import mosaic
+from s2mosaic._spec import MosaicSpec, RuntimeSpec
 from s2mosaic.demo import DEMO_AOI_BBOX, demo_spec
 from s2mosaic.errors import RunError, SpecError, WriteError
-from s2mosaic.grid import pad_geobox, tiles
-from s2mosaic.pipeline import mosaic
-from s2mosaic.spec import MosaicSpec, RuntimeSpec
 
 from .oracle import assert_identical_outputs
 
@@ -66,7 +66,7 @@ def _values(store: Path) -> dict[str, np.ndarray]:
 
 # -- the grid of tiles ------------------------------------------------------------------------
 def test_tiles_partition_the_grid_on_chunk_boundaries(demo_catalog: Path, tmp_path: Path) -> None:
-    from s2mosaic.grid import output_geobox
+    from s2mosaic._grid import output_geobox
 
     gbox = output_geobox(_spec(demo_catalog, tmp_path))
     ts = tiles(gbox, 128)

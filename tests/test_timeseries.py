@@ -13,15 +13,7 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s2mosaic._timeseries_kernels import (
-    daily_windows,
-    interpolate_linear,
-    smooth,
-    smooth_fixed_point,
-    to_reflectance,
-)
-from s2mosaic.errors import SpecError
-from s2mosaic.timeseries import (
+from s2mosaic._timeseries import (
     GapFill,
     filter_acquisitions,
     gapfill,
@@ -30,6 +22,14 @@ from s2mosaic.timeseries import (
     valid_fraction,
     with_indices,
 )
+from s2mosaic._timeseries_kernels import (
+    daily_windows,
+    interpolate_linear,
+    smooth,
+    smooth_fixed_point,
+    to_reflectance,
+)
+from s2mosaic.errors import SpecError
 
 
 def dense_solution(a: np.ndarray, m: np.ndarray, lam: float) -> np.ndarray:

@@ -20,11 +20,11 @@ from odc.geo.xr import wrap_xr
 from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
+from s2mosaic._spec import OutputSpec
+from s2mosaic._write import WriteResult, write, write_cog, write_rgb, write_zarr
 from s2mosaic.errors import WriteError
-from s2mosaic.spec import OutputSpec
-from s2mosaic.write import WriteResult, write, write_cog, write_rgb, write_zarr
 
-write_mod = importlib.import_module("s2mosaic.write")  # the module, not the function
+write_mod = importlib.import_module("s2mosaic._write")  # the module, not the function
 
 BANDS = ("red", "green", "blue")
 H, W, CHUNK = 300, 500, 128

@@ -47,8 +47,8 @@ import rasterio
 from numpy.typing import NDArray
 from pyproj import Transformer
 
+from .._spec import MosaicSpec
 from ..errors import SpecError, WriteError
-from ..spec import MosaicSpec
 from ._scene import (
     _COMMON_EPSG,
     _DATES,

@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from ..spec import MaskSpec
+from .._spec import MaskSpec
 
 __all__ = [
     "CloudMasker",
@@ -60,7 +60,7 @@ class CloudMasker(Protocol):
 
 
 def _scl(cube: xr.Dataset, mask: MaskSpec, ctx: MaskContext) -> xr.DataArray:
-    from ..cube import SCL_VAR
+    from .._cube import SCL_VAR
     from .scl import scl_invalid
 
     return scl_invalid(cube[SCL_VAR], mask.scl_classes)

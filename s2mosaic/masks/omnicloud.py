@@ -37,8 +37,8 @@ import dask
 import numpy as np
 import xarray as xr
 
+from .._spec import OCM_WEIGHTS_ENV, MaskSpec
 from ..errors import CubeError, MissingDependencyError, ModelWeightsError
-from ..spec import OCM_WEIGHTS_ENV, MaskSpec
 from .combine import MaskContext, dask_inputs, map_overlap_exact, nodata_mask, pixel_size_m
 
 __all__ = [
@@ -293,7 +293,7 @@ def _models(directory: str, device: str, dtype: str) -> list[Any]:
 def cluster_has_gpu(client: Any = None) -> bool:
     """True when a worker of ``client``'s cluster (default: the current client) advertises the
     Dask resource ``GPU`` (``dask worker --resources GPU=1``); False without a cluster."""
-    from ..cluster import gpu_resources
+    from .._cluster import gpu_resources
 
     return gpu_resources(client) is not None
 
@@ -380,7 +380,7 @@ def _ocm_block(*bands: np.ndarray, nodata: tuple[float, ...], factor: tuple[int,
 
 
 def _input_vars(cube: xr.Dataset) -> list[str]:
-    from ..cube import MASK_BANDS_ATTR
+    from .._cube import MASK_BANDS_ATTR
 
     names = list(cube.attrs.get(MASK_BANDS_ATTR) or [])
     if len(names) != 3:
@@ -414,9 +414,9 @@ def ocm_classes(cube: xr.Dataset, mask: MaskSpec, ctx: MaskContext | None = None
     arrays = dask_inputs(cube, names)
     nodata = tuple(float(cube[n].attrs.get("nodata", 0)) for n in names)
     # Only the inference tasks ask for a GPU. ctx.gpu None: the cluster decides
-    # (s2mosaic.cluster.gpu_annotate, which warns once when OCM falls back to CPU).
+    # (s2mosaic._cluster.gpu_annotate, which warns once when OCM falls back to CPU).
     if ctx.gpu is None:
-        from ..cluster import gpu_annotate
+        from .._cluster import gpu_annotate
 
         annotate: contextlib.AbstractContextManager[Any] = gpu_annotate(what="OmniCloudMask")
     else:

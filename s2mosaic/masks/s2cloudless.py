@@ -22,8 +22,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .._spec import MaskSpec
 from ..errors import CubeError, MissingDependencyError
-from ..spec import MaskSpec
 from .combine import dask_inputs, map_overlap_exact, nodata_mask
 
 __all__ = ["s2cloudless_clouds", "s2cloudless_invalid", "s2cloudless_probability"]
@@ -78,7 +78,7 @@ def _mask_block(*bands: np.ndarray, nodata: tuple[float, ...], params: tuple[Any
 
 def _inputs(cube: xr.Dataset, mask: MaskSpec) -> tuple[list[str], list[da.Array], tuple[float, ...],
                                                         tuple[Any, ...]]:
-    from ..cube import MASK_BANDS_ATTR
+    from .._cube import MASK_BANDS_ATTR
 
     names = list(cube.attrs.get(MASK_BANDS_ATTR) or [])
     expected = 13 if mask.s2cloudless_all_bands else 10

@@ -16,7 +16,7 @@ grid → lazy cube → ``valid_mask & aoi_mask``) and returns lazy ``(time, y, x
   difference, lazily.
 
 :func:`run_series` and :func:`run_gapfill` run a spec end to end and write one Zarr with a
-``time`` dimension (:func:`s2mosaic.write.write_series_zarr`), like :func:`s2mosaic.run`.
+``time`` dimension (:func:`s2mosaic._write.write_series_zarr`), like :func:`s2mosaic._run`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ import xarray as xr
 from dask.array.utils import meta_from_array
 from odc.geo.geobox import GeoBox
 
+from ._cluster import keep_annotations, make_client, quiet_rasterio, quiet_workers
+from ._cube import load_cube
+from ._grid import aoi_mask, output_geobox
+from ._pipeline import PROVENANCE_ATTR, provenance
+from ._run import RunReport
+from ._search import search
+from ._spec import MosaicSpec
 from ._timeseries_kernels import (
     array_module,
     daily_windows,
@@ -48,17 +55,10 @@ from ._timeseries_kernels import (
     to_reflectance,
 )
 from ._validate import fail, number
-from .cluster import keep_annotations, make_client, quiet_rasterio, quiet_workers
+from ._write import write_cog, write_metadata, write_rgb, write_series_zarr
 from .composite import composite
-from .cube import load_cube
 from .errors import DataError, WriteError
-from .grid import aoi_mask, output_geobox
 from .masks import MaskContext, valid_mask
-from .pipeline import PROVENANCE_ATTR, provenance
-from .run import RunReport
-from .search import search
-from .spec import MosaicSpec
-from .write import write_cog, write_metadata, write_rgb, write_series_zarr
 
 __all__ = [
     "INDICES",

@@ -17,9 +17,9 @@ from odc.geo import CRS, AnchorEnum
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_coords
 
-from .aoi import AOI
+from ._aoi import AOI
+from ._spec import MosaicSpec
 from .errors import DataError, SpecError
-from .spec import MosaicSpec
 
 __all__ = ["Footprints", "Tile", "aoi_mask", "native_geobox", "output_geobox", "pad_geobox", "tiles"]
 
@@ -67,7 +67,7 @@ def _snap(ref: GeoBox, bbox: Any) -> GeoBox:
 
 
 def _first_band_key(item: pystac.Item, spec: MosaicSpec) -> str:
-    from .cube import resolve_band
+    from ._cube import resolve_band
 
     return resolve_band(item, spec.bands[0])
 

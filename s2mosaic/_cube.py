@@ -25,9 +25,9 @@ import shapely.geometry
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
+from ._search import boa_offset, item_datetime
+from ._spec import MaskSpec, MosaicSpec
 from .errors import CubeError, DataError, MissingDependencyError
-from .search import boa_offset, item_datetime
-from .spec import MaskSpec, MosaicSpec
 
 __all__ = [
     "GDAL_SETTINGS",

@@ -35,9 +35,9 @@ from odc.geo import CRS
 from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 
+from ._grid import Footprints, pad_geobox
+from ._spec import MosaicSpec
 from .errors import SpecError, WriteError
-from .grid import Footprints, pad_geobox
-from .spec import MosaicSpec
 
 __all__ = ["Chip", "ChipsReport", "chip_at", "chips_over", "make_chips"]
 
@@ -173,8 +173,8 @@ def make_chips(spec: MosaicSpec, chips: Sequence[Chip], directory: str | Path, *
     on_batch
         ``on_batch(done, total)`` after each batch (progress).
     """
-    from .search import search
-    from .select import apply_selection
+    from ._search import search
+    from ._select import apply_selection
 
     if fmt not in _FORMATS:
         raise SpecError("chips.format", fmt, f"one of {list(_FORMATS)}")
@@ -228,8 +228,8 @@ def _recorded(manifest: Path, directory: Path) -> set[str]:
 
 def _chip_task(spec: MosaicSpec, chip: Chip, footprints: Footprints, directory: Path,
                fmt: str) -> Any:
-    from .pipeline import mosaic
-    from .search import SearchResult
+    from ._pipeline import mosaic
+    from ._search import SearchResult
 
     gbox = chip.geobox
     # The chip's own AOI: its extent grown by two pixels, so every pixel is inside (whole chip).
@@ -278,7 +278,7 @@ def _write_chip(data: np.ndarray, gbox: GeoBox, path: Path, names: list[str], fm
         else:
             from PIL import Image
 
-            from .write import stretch_rgb
+            from ._write import stretch_rgb
 
             pixels, valid = stretch_rgb(np.stack([data[names.index(b)] for b in rgb_bands]),
                                         count, rgb_range)

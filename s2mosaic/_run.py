@@ -14,7 +14,7 @@ resumed, empty, failed, retried; items; bytes read and written; wall time) is wr
 the outputs.
 
 A run posts notifications (start, completion with the report, failure) to the webhook in
-``$S2MOSAIC_WEBHOOK`` when it is set (:mod:`s2mosaic.notify`).
+``$S2MOSAIC_WEBHOOK`` when it is set (:mod:`s2mosaic._notify`).
 """
 
 from __future__ import annotations
@@ -41,18 +41,18 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_zeros
 
-from . import write as _write
+from . import _write
+from ._cluster import keep_annotations, make_client, quiet_rasterio, quiet_workers
+from ._cube import observation_count
+from ._grid import Footprints, Tile, output_geobox, tiles
 from ._manifest import Manifest, TileRecord, fingerprint, pixel_spec, spec_differences, tile_digest
-from .cluster import keep_annotations, make_client, quiet_rasterio, quiet_workers
-from .cube import observation_count
+from ._notify import Notifier
+from ._pipeline import PROVENANCE_ATTR, mosaic, provenance
+from ._search import SearchResult, search
+from ._select import apply_selection
+from ._spec import MosaicSpec, OutputSpec
 from .errors import RunError, WriteError
-from .grid import Footprints, Tile, output_geobox, tiles
 from .masks import context_pixels
-from .notify import Notifier
-from .pipeline import PROVENANCE_ATTR, mosaic, provenance
-from .search import SearchResult, search
-from .select import apply_selection
-from .spec import MosaicSpec, OutputSpec
 
 __all__ = ["RunReport", "run", "write"]
 
@@ -140,7 +140,7 @@ def run(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None, client:
     client
         A ``distributed.Client`` to run on; None: from ``spec.runtime`` (a LocalCluster, a
         scheduler address, or a cluster profile in ``runtime.cluster``; see
-        :func:`s2mosaic.cluster.make_client`).
+        :func:`s2mosaic._cluster.make_client`).
     progress
         Show a progress bar over tiles (and over the COG export).
     resume

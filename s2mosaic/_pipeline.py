@@ -13,13 +13,13 @@ import pystac
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
+from ._cube import load_cube, mask_band_keys, resolve_band, scl_asset_key
+from ._grid import aoi_mask, output_geobox
+from ._search import SearchResult, boa_offset, item_datetime, search
+from ._select import apply_selection
+from ._spec import MosaicSpec
 from .composite import composite
-from .cube import load_cube, mask_band_keys, resolve_band, scl_asset_key
-from .grid import aoi_mask, output_geobox
 from .masks import MaskContext, valid_mask
-from .search import SearchResult, boa_offset, item_datetime, search
-from .select import apply_selection
-from .spec import MosaicSpec
 
 __all__ = ["PROVENANCE_ATTR", "mosaic", "provenance", "software_versions"]
 
@@ -45,10 +45,10 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
     spec
         What to mosaic.
     items
-        The items to use as they are (e.g. from :func:`s2mosaic.search` or
-        :func:`s2mosaic.select`); when None, searched and selected by ``spec.select``.
+        The items to use as they are (e.g. from :func:`s2mosaic._search` or
+        :func:`s2mosaic._select`); when None, searched and selected by ``spec.select``.
     geobox
-        Override the output grid (default: :func:`s2mosaic.grid.output_geobox`).
+        Override the output grid (default: :func:`s2mosaic._grid.output_geobox`).
 
     Returns
     -------

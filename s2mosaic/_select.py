@@ -32,11 +32,11 @@ import shapely.geometry
 from pyproj import CRS, Transformer
 from shapely.geometry.base import BaseGeometry
 
-from .aoi import AOI
-from .cube import _solar_day
+from ._aoi import AOI
+from ._cube import _solar_day
+from ._search import DroppedItem, SearchResult, item_datetime, mgrs_tile
+from ._spec import DEFAULT_SCL_INVALID, MosaicSpec, Period, SelectSpec
 from .errors import SearchError
-from .search import DroppedItem, SearchResult, item_datetime, mgrs_tile
-from .spec import DEFAULT_SCL_INVALID, MosaicSpec, Period, SelectSpec
 
 __all__ = [
     "COVERAGE_TOLERANCE",
@@ -266,9 +266,9 @@ def min_cover(items: Sequence[pystac.Item], aoi: AOI | BaseGeometry, *, max_obse
     Parameters
     ----------
     items
-        Candidate scenes (e.g. from :func:`s2mosaic.search`), each with a footprint geometry.
+        Candidate scenes (e.g. from :func:`s2mosaic._search`), each with a footprint geometry.
     aoi
-        The area to cover: an :class:`~s2mosaic.aoi.AOI` or a shapely geometry in EPSG:4326.
+        The area to cover: an :class:`~s2mosaic._aoi.AOI` or a shapely geometry in EPSG:4326.
     max_observations
         Observations (solar days) wanted per point; scenes are added until every point has as
         many or no scene adds any.

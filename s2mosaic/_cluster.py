@@ -2,7 +2,7 @@
 
 A run gets its client from :func:`make_client`, from one of:
 
-- nothing / a :class:`~s2mosaic.spec.RuntimeSpec` without ``scheduler`` or ``cluster``: a
+- nothing / a :class:`~s2mosaic._spec.RuntimeSpec` without ``scheduler`` or ``cluster``: a
   ``distributed.LocalCluster`` sized to this machine;
 - ``"synchronous"`` / ``"threads"``: no cluster, one of dask's local schedulers;
 - a scheduler address (``tcp://10.0.0.5:8786``): a running cluster, left running afterwards;
@@ -43,8 +43,8 @@ from ._profile import (
     kwarg,
     load_profile,
 )
+from ._spec import RuntimeSpec
 from .errors import ClusterError, SpecError
-from .spec import RuntimeSpec
 
 __all__ = [
     "CLUSTER_KINDS",
@@ -404,7 +404,7 @@ def gpu_annotate(client: Any = None, *, what: str = "GPU tasks") -> Iterator[dic
     runs them only on those workers, one per GPU at a time. Without, nothing is annotated, the
     block yields None (so the caller builds its CPU variant) and a :class:`GPUFallbackWarning`
     is issued once per ``what``. Compute the result inside :func:`keep_annotations`
-    (``s2mosaic.write`` does).
+    (``s2mosaic._write`` does).
 
     Where it plugs in: a GPU cloud masker (``masks/omnicloud.py``) or a CuPy reducer
     (``composite/``) wraps the ``map_blocks``/``apply_ufunc`` call that builds its tasks::

@@ -1,7 +1,7 @@
 """Many jobs on one cluster: ``run_many(specs, max_concurrent=N)`` and ``s2mosaic batch jobs.yaml``.
 
 Each job is a spec (AOI × period × ...). Jobs run in a pool of ``max_concurrent`` threads over
-ONE Dask client, each through :func:`s2mosaic.run` (or :func:`s2mosaic.timeseries.run_series`
+ONE Dask client, each through :func:`s2mosaic._run` (or :func:`s2mosaic._timeseries.run_series`
 when its spec has ``series.periods``), so the cluster is started once and shared. Every job gets
 its own status, attempts, time and error; a job that fails - even one whose spec does not load -
 is recorded and never stops the others. Failures are retried up to ``retries`` times, except
@@ -42,10 +42,10 @@ from typing import Any
 
 import yaml
 
+from ._cluster import make_client
+from ._spec import MosaicSpec, RuntimeSpec, _resolve_paths
 from ._validate import fail, number
-from .cluster import make_client
 from .errors import EmptySearchError, SpecError
-from .spec import MosaicSpec, RuntimeSpec, _resolve_paths
 
 __all__ = ["BatchFile", "BatchReport", "JobResult", "load_batch", "run_many"]
 
@@ -409,10 +409,10 @@ def _execute(spec: MosaicSpec, client: Any, progress: bool) -> Any:
     # Not client.as_current(): it sets dask's global config from several threads at once,
     # which leaks "scheduler: dask.distributed" past the batch. The runners take the client.
     if spec.series.periods is not None:
-        from .timeseries import run_series
+        from ._timeseries import run_series
 
         return run_series(spec, client=client, progress=progress)
-    from .run import run
+    from ._run import run
 
     return run(spec, client=client, progress=progress)
 

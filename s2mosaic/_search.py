@@ -19,8 +19,8 @@ from typing import Any
 import pystac
 import shapely.geometry
 
+from ._spec import MosaicSpec, SourceSpec
 from .errors import EmptySearchError, SearchError
-from .spec import MosaicSpec, SourceSpec
 
 __all__ = [
     "DroppedItem",

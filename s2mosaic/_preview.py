@@ -35,11 +35,11 @@ import shapely.geometry
 from PIL import Image, ImageDraw
 from pyproj import Transformer
 
-from .cube import resolve_band
+from ._cube import resolve_band
+from ._search import search
+from ._select import SceneInfo, Selection, select
+from ._spec import MosaicSpec
 from .errors import DataError, MissingDependencyError, SpecError
-from .search import search
-from .select import SceneInfo, Selection, select
-from .spec import MosaicSpec
 
 __all__ = ["QUICKLOOK_ASSETS", "QUICKLOOK_SIZE", "PreviewResult", "cloud_colour", "preview",
            "quicklook"]
@@ -108,7 +108,7 @@ def preview(spec: MosaicSpec, html_path: str | Path | None = "preview.html", *,
     png
         Where to write the static PNG; None: no PNG.
     items
-        Search result to show (default: :func:`s2mosaic.search` of the spec).
+        Search result to show (default: :func:`s2mosaic._search` of the spec).
     tiles
         A basemap: a folium/xyzservices name (``"OpenStreetMap"``) or an XYZ URL template (then
         give ``attribution``). None (default): no basemap, so the page needs no internet.

@@ -1,7 +1,7 @@
 """Know before you spend: what a spec will find, read, write, and roughly cost — before running it.
 
-:func:`plan` searches and selects exactly as a run would (:func:`s2mosaic.search`,
-:func:`s2mosaic.select.select`) and then works out, without reading any pixel:
+:func:`plan` searches and selects exactly as a run would (:func:`s2mosaic._search`,
+:func:`s2mosaic._select.select`) and then works out, without reading any pixel:
 
 * **bytes to read**: the run reads, per output chunk, per scene and per asset, the COG tiles
   (blocks) under the chunk's footprint, plus the file header on every open — odc-stac opens each
@@ -37,12 +37,12 @@ from odc.geo.geom import Geometry
 from odc.geo.overlap import compute_reproject_roi
 from pyproj import Geod
 
-from .cube import mask_band_keys, resolve_band, scl_asset_key
+from ._cube import mask_band_keys, resolve_band, scl_asset_key
+from ._grid import native_geobox, output_geobox
+from ._search import mgrs_tile, search
+from ._select import CoverageError, Selection, select
+from ._spec import MosaicSpec
 from .errors import SpecError
-from .grid import native_geobox, output_geobox
-from .search import mgrs_tile, search
-from .select import CoverageError, Selection, select
-from .spec import MosaicSpec
 
 __all__ = [
     "BYTES_PER_PIXEL",
@@ -222,7 +222,7 @@ def plan(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *, cores:
     spec
         The mosaic spec.
     items
-        Search result to plan (default: :func:`s2mosaic.search` of the spec).
+        Search result to plan (default: :func:`s2mosaic._search` of the spec).
     cores
         Cores the run gets; default from ``cluster``, else from ``spec.runtime`` (its cluster
         profile, or the LocalCluster this machine would start; ``synchronous``: 1).
@@ -330,7 +330,7 @@ def plan(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *, cores:
 
 
 def _observations(sel: Selection | Sequence[pystac.Item]) -> int:
-    from .cube import _solar_day
+    from ._cube import _solar_day
 
     return len({_solar_day(i) for i in sel})
 
@@ -558,7 +558,7 @@ def _cores(spec: MosaicSpec, cores: int | None, cluster: str | Path | None) -> i
         return int(p.options.get("cores", 1)) * jobs
     if spec.runtime.scheduler == "synchronous":
         return 1
-    from .cluster import local_cluster_size
+    from ._cluster import local_cluster_size
 
     w, t = local_cluster_size(spec.runtime)
     return w * t

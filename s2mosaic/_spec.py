@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
+from ._aoi import AOI
 from ._validate import (
     Section,
     choice,
@@ -28,7 +29,6 @@ from ._validate import (
     opt_path,
     require,
 )
-from .aoi import AOI
 from .errors import SpecError
 
 __all__ = [
@@ -88,7 +88,7 @@ RESAMPLING_METHODS: tuple[str, ...] = (
 )
 LOADERS: tuple[str, ...] = ("odc-stac", "stackstac")
 MASK_METHODS: tuple[str, ...] = ("scl", "ocm", "ocm+scl", "s2cloudless", "none")
-#: Scene selection methods (:mod:`s2mosaic.select`).
+#: Scene selection methods (:mod:`s2mosaic._select`).
 SELECT_METHODS: tuple[str, ...] = ("all", "min-cover")
 #: Inference dtypes of OmniCloudMask (GPU only: on a CPU it always runs in fp32).
 OCM_DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16")
@@ -349,7 +349,7 @@ class SeriesSpec(Section):
 
     The cube is built once over ``period`` and each sub-period is composited from its own time
     slices, so every scene is read once per chunk however many sub-periods it falls in. Runs
-    with :func:`s2mosaic.timeseries.run_series` (``s2mosaic series spec.yaml``): one Zarr with a
+    with :func:`s2mosaic._timeseries.run_series` (``s2mosaic series spec.yaml``): one Zarr with a
     ``time`` dimension in ``output.zarr``, plus one COG / display product per sub-period when
     ``output.cog`` / ``output.rgb`` are set (named ``<stem>_<start date><suffix>``).
     """
@@ -553,7 +553,7 @@ class RuntimeSpec(Section):
 
 @dataclass(frozen=True)
 class SelectSpec(Section):
-    """Which of the scenes the search keeps go into the mosaic (:mod:`s2mosaic.select`)."""
+    """Which of the scenes the search keeps go into the mosaic (:mod:`s2mosaic._select`)."""
 
     method: str = "all"
     """``all``: every scene the search keeps. ``min-cover``: per period (each ``series``

@@ -32,8 +32,8 @@ from pyproj.enums import WktVersion
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from ._spec import OutputSpec
 from .errors import WriteError
-from .spec import OutputSpec
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -89,7 +89,7 @@ def write(mosaic: xr.Dataset, output: OutputSpec, *, provenance: Mapping[str, An
 
     Examples
     --------
-    >>> from s2mosaic.spec import OutputSpec
+    >>> from s2mosaic._spec import OutputSpec
     >>> res = write(mosaic, OutputSpec(zarr="m.zarr", cog="m.tif", rgb="m.png"))  # doctest: +SKIP
     >>> res.cog, res.metadata  # doctest: +SKIP
     (PosixPath('m.tif'), PosixPath('m.metadata.json'))
@@ -282,7 +282,7 @@ def read_digests(store: str, names: Sequence[str], y: slice, x: slice, chunk: in
 
 def export_cog(store: str | Path, path: str | Path, *, overwrite: bool = False,
                client: Client | None = None, progress: bool = False) -> Path:
-    """Stream a mosaic Zarr store (from :func:`s2mosaic.run`) into one COG, chunk by chunk,
+    """Stream a mosaic Zarr store (from :func:`s2mosaic._run`) into one COG, chunk by chunk,
     without loading it whole (overviews built by GDAL from a tiled scratch GeoTIFF; BIGTIFF
     when needed)."""
     store = Path(store)
@@ -302,7 +302,7 @@ def export_tiles(store: str | Path, directory: str | Path, tile_size: int, *,
     compression and overviews as :func:`write_cog`) and ``<directory>/mosaic.vrt``, which GDAL,
     QGIS and rasterio open as the whole mosaic. Returns the VRT path.
     """
-    from .grid import tiles
+    from ._grid import tiles
 
     directory = Path(directory)
     ds = _open_zarr(Path(store))
@@ -629,7 +629,7 @@ def write_series_zarr(series: xr.Dataset, path: str | Path, *, overwrite: bool =
                       client: Client | None = None, progress: bool = False) -> Path:
     """Stream a ``(time, y, x)`` series into one consolidated Zarr v2 store.
 
-    For the products of :mod:`s2mosaic.timeseries` (period series, gap-filled days, regular
+    For the products of :mod:`s2mosaic._timeseries` (period series, gap-filled days, regular
     date grids). Each time step is stored as :func:`write_zarr` stores a mosaic - same CRS and
     GeoZarr attributes, CF grid mapping, Blosc/zstd, ``_FillValue`` 0 for bands, none for
     ``count`` (NaN for float variables such as indices) - with ``time`` (and any coordinate
