@@ -157,7 +157,7 @@ def barbellino(data: Path, weights: Path | None) -> list[str]:
 def throughput(size: int, dates: int) -> list[str]:
     """Our per-chunk path vs predict_from_array on the same (dates, 3, size, size) array."""
     from s2mosaic._spec import MaskSpec
-    from s2mosaic.masks.combine import map_overlap_exact  # noqa: F401  (the path measured)
+    from s2mosaic.masks._chunks import map_overlap_exact  # noqa: F401  (the path measured)
     from s2mosaic.masks.omnicloud import OCM_WEIGHT_FILES, import_omnicloudmask, ocm_classes
 
     import_omnicloudmask()

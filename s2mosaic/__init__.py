@@ -18,7 +18,7 @@ from ._cluster import gpu_annotate, gpu_resources, job_script, load_profile, mak
 from ._grid import output_geobox
 from ._pipeline import mosaic, software_versions
 from ._plan import Plan, plan
-from ._run import RunReport, run, write
+from ._run import RunReport, run
 from ._search import SearchResult, search
 from ._select import Selection, select
 from ._spec import MosaicSpec
@@ -31,22 +31,28 @@ from ._timeseries import (
     interpolate,
     normalized_difference,
     observations,
-    run_gapfill,
-    run_series,
     series,
     valid_fraction,
     with_indices,
 )
-from ._write import export_tiles
+from ._timeseries_run import run_gapfill, run_series
+from ._write import WriteResult, export_tiles, write
 from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    ClusterError,
+    CoverageError,
     CubeError,
     DataError,
     EmptySearchError,
+    GPUFallbackWarning,
     MissingDependencyError,
+    ModelWeightsError,
     RunError,
     S2MosaicError,
     SearchError,
     SpecError,
+    UnknownNameError,
     WriteError,
 )
 
@@ -64,14 +70,20 @@ def show_versions() -> None:
 
 __all__ = [
     "INDICES",
+    "ArgumentError",
+    "ArgumentTypeError",
     "BatchReport",
     "Chip",
     "ChipsReport",
+    "ClusterError",
+    "CoverageError",
     "CubeError",
     "DataError",
     "EmptySearchError",
+    "GPUFallbackWarning",
     "GapFill",
     "MissingDependencyError",
+    "ModelWeightsError",
     "MosaicSpec",
     "Observations",
     "Plan",
@@ -82,7 +94,9 @@ __all__ = [
     "SearchResult",
     "Selection",
     "SpecError",
+    "UnknownNameError",
     "WriteError",
+    "WriteResult",
     "__version__",
     "chip_at",
     "chips_over",

@@ -1,7 +1,7 @@
 """Many jobs on one cluster: ``run_many(specs, max_concurrent=N)`` and ``s2mosaic batch jobs.yaml``.
 
 Each job is a spec (AOI × period × ...). Jobs run in a pool of ``max_concurrent`` threads over
-ONE Dask client, each through :func:`s2mosaic._run` (or :func:`s2mosaic._timeseries.run_series`
+ONE Dask client, each through :func:`s2mosaic._run` (or :func:`s2mosaic._timeseries_run.run_series`
 when its spec has ``series.periods``), so the cluster is started once and shared. Every job gets
 its own status, attempts, time and error; a job that fails - even one whose spec does not load -
 is recorded and never stops the others. Failures are retried up to ``retries`` times, except
@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from ._cluster import make_client
-from ._spec import MosaicSpec, RuntimeSpec, _resolve_paths
+from ._spec import MosaicSpec, RuntimeSpec, resolve_paths
 from ._validate import fail, number
 from .errors import EmptySearchError, SpecError
 
@@ -197,7 +197,7 @@ def _spec_file(path: Path) -> dict[str, Any]:
     apply), with its relative paths resolved against its own folder."""
     MosaicSpec.from_yaml(path)  # a broken file fails here, with its own message
     data = yaml.safe_load(path.read_text()) or {}
-    return _resolve_paths(dict(data), path.parent)
+    return resolve_paths(dict(data), path.parent)
 
 
 def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -409,7 +409,7 @@ def _execute(spec: MosaicSpec, client: Any, progress: bool) -> Any:
     # Not client.as_current(): it sets dask's global config from several threads at once,
     # which leaks "scheduler: dask.distributed" past the batch. The runners take the client.
     if spec.series.periods is not None:
-        from ._timeseries import run_series
+        from ._timeseries_run import run_series
 
         return run_series(spec, client=client, progress=progress)
     from ._run import run

@@ -9,14 +9,15 @@ neighbouring chips tile without gaps or overlap.
 Chips are computed in batches: one Dask graph per ``batch`` chips (the search runs once for all
 of them, each chip reads only the items that touch it), so thousands of chips do not make
 thousands of graphs. Each chip is written as a GeoTIFF (every band plus ``count``, uint16,
-nodata 0) or an 8-bit RGB PNG, and recorded in ``manifest.jsonl`` beside them (key, centre,
-CRS, bounds, path, valid fraction); a rerun skips the chips already recorded there.
+nodata 0) or an 8-bit RGB PNG, and recorded in ``manifest.jsonl`` beside them - the run
+manifest of :mod:`s2mosaic._manifest` kept in a plain directory: a header (spec, format), then
+one fsync'd ``chip`` record per chip (key, centre, CRS, bounds, path, valid fraction); a rerun
+skips the chips already recorded there whose file exists.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 
 from ._grid import Footprints, pad_geobox
+from ._manifest import Manifest
 from ._spec import MosaicSpec
 from .errors import SpecError, WriteError
 
@@ -185,9 +187,8 @@ def make_chips(spec: MosaicSpec, chips: Sequence[Chip], directory: str | Path, *
         dup = next(k for k in keys if keys.count(k) > 1)
         raise SpecError("chips", dup, "distinct chips (two points fall in the same chip)")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    manifest = directory / "manifest.jsonl"
-    done = _recorded(manifest, directory)
+    manifest = _manifest(spec, directory, fmt)
+    done = {r["key"] for r in manifest.records("chip") if (directory / r["path"]).exists()}
     todo = [c for c in chips if c.key not in done]
     if items is None:
         items = apply_selection(spec, search(spec)) if todo else []
@@ -198,32 +199,37 @@ def make_chips(spec: MosaicSpec, chips: Sequence[Chip], directory: str | Path, *
         tasks = [_chip_task(spec, c, footprints, directory, fmt) for c in part]
         rows = (client.gather(client.compute(tasks)) if client is not None
                 else dask.compute(*tasks))
-        with open(manifest, "a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        manifest.append(*rows, kind="chip")
         written += len(rows)
         batches += 1
         if on_batch is not None:
             on_batch(len(done) + written, len(chips))
     return ChipsReport(written=written, skipped=len(chips) - len(todo), batches=batches,
-                       manifest=manifest)
+                       manifest=manifest.path)
 
 
-def _recorded(manifest: Path, directory: Path) -> set[str]:
-    """Keys of chips already written (recorded and present on disk)."""
+def _manifest(spec: MosaicSpec, directory: Path, fmt: str) -> Manifest:
+    """The run manifest of the chips in ``directory`` (a header, then one fsync'd record per
+    chip, as a tiled run keeps in its store): created, or checked against this spec."""
+    from ._manifest import pixel_spec, spec_differences
+
+    manifest = Manifest(directory, group=None)
+    # Chips carry their own grid and chunks; the AOI only bounds the search.
+    pixels = {k: v for k, v in pixel_spec(spec.to_dict()).items()
+              if k not in ("aoi", "grid", "runtime")}
+    header = {"product": {"kind": "chips", "format": fmt}, "spec": pixels}
     if not manifest.exists():
-        return set()
-    out = set()
-    for line in manifest.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line from a killed run
-        if (directory / row["path"]).exists():
-            out.add(row["key"])
-    return out
+        manifest.create(header, None)
+        return manifest
+    old = manifest.header()
+    diffs = spec_differences(old.get("spec", {}), pixels)
+    if old.get("product") != header["product"]:
+        diffs.insert(0, f"format: {(old.get('product') or {}).get('format')!r} -> {fmt!r}")
+    if diffs:
+        raise WriteError(f"{directory} holds chips made with another spec or format "
+                         f"({'; '.join(diffs[:6])}); a rerun only adds the missing chips of the "
+                         "same spec - use another directory")
+    return manifest
 
 
 def _chip_task(spec: MosaicSpec, chip: Chip, footprints: Footprints, directory: Path,

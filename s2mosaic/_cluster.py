@@ -1,9 +1,17 @@
 """The Dask client a run uses, and where GPU tasks may run.
 
-A run gets its client from :func:`make_client`, from one of:
+A run gets its client from :func:`make_client`, the first of these that applies:
 
-- nothing / a :class:`~s2mosaic._spec.RuntimeSpec` without ``scheduler`` or ``cluster``: a
-  ``distributed.LocalCluster`` sized to this machine;
+1. a client passed in (``client=``): used as is, never closed;
+2. ``runtime.scheduler`` (the spec, or ``--scheduler``): an address or a local scheduler name;
+3. the client this process already uses (``distributed.default_client()``, e.g. the
+   ``Client(...)`` of a notebook): used as is, never closed;
+4. ``DASK_SCHEDULER_ADDRESS`` (dask's ``scheduler-address`` config): that running scheduler;
+5. ``runtime.cluster``: a cluster profile;
+6. otherwise a ``distributed.LocalCluster`` sized to this machine.
+
+The targets:
+
 - ``"synchronous"`` / ``"threads"``: no cluster, one of dask's local schedulers;
 - a scheduler address (``tcp://10.0.0.5:8786``): a running cluster, left running afterwards;
 - a **cluster profile** (``cluster/*.yaml``, or a :class:`ClusterProfile`): a LocalCluster or a
@@ -44,16 +52,14 @@ from ._profile import (
     load_profile,
 )
 from ._spec import RuntimeSpec
-from .errors import ClusterError, SpecError
+from .errors import ArgumentTypeError, ClusterError, GPUFallbackWarning, SpecError
 
 __all__ = [
     "CLUSTER_KINDS",
     "JOBQUEUE_CLASSES",
     "LOCAL_SCHEDULERS",
-    "ClusterError",
     "ClusterProfile",
     "Connection",
-    "GPUFallbackWarning",
     "gpu_annotate",
     "gpu_resources",
     "job_script",
@@ -69,8 +75,6 @@ __all__ = [
 _ADDRESS = re.compile(r"^[A-Za-z][\w+.-]*://\S+$|^[\w.-]+:\d+$")
 #: runtime.scheduler values that mean "no distributed cluster, use a dask local scheduler".
 LOCAL_SCHEDULERS = ("synchronous", "threads")
-class GPUFallbackWarning(UserWarning):
-    """GPU tasks run on CPU because no worker of the cluster has a ``GPU`` resource."""
 
 
 # -- clusters -----------------------------------------------------------------------------------
@@ -187,9 +191,11 @@ def make_client(target: RuntimeSpec | ClusterProfile | str | Path | None = None,
     Parameters
     ----------
     target
-        - None or a ``RuntimeSpec`` without ``scheduler``/``cluster``: a new LocalCluster sized
-          to this machine (``runtime.n_workers``/``threads_per_worker``); dashboard on :8787 or
-          the next free port.
+        - None or a ``RuntimeSpec``: ``runtime.scheduler`` when set; else the current client
+          of this process (left open); else ``DASK_SCHEDULER_ADDRESS``; else
+          ``runtime.cluster``; else a new LocalCluster sized to this machine
+          (``runtime.n_workers``/``threads_per_worker``; dashboard on :8787 or the next free
+          port).
         - ``"synchronous"`` / ``"threads"`` (or ``runtime.scheduler``): no cluster; dask's local
           scheduler of that name, set for as long as the connection is open.
         - an address (``tcp://host:8786``, or ``runtime.scheduler``): a running scheduler; the
@@ -208,20 +214,43 @@ def make_client(target: RuntimeSpec | ClusterProfile | str | Path | None = None,
     """
     if client is not None:
         return Connection(client, owned=False, description=f"client {client!r}")
+    if target is None:
+        target = RuntimeSpec()
     if isinstance(target, RuntimeSpec):
+        if target.scheduler is not None:  # explicit (spec or --scheduler): it wins
+            return _from_string(target.scheduler, field="runtime.scheduler")
+        current = _current_client()
+        if current is not None:
+            return current
+        address = dask.config.get("scheduler-address", None)
+        if address:
+            return _connect(str(address), "DASK_SCHEDULER_ADDRESS (dask config scheduler-address)")
         if target.cluster is not None:
             return _from_profile(target.cluster, field="runtime.cluster")
-        if target.scheduler is None:
-            return _local(target)
-        return _from_string(target.scheduler, field="runtime.scheduler")
-    if target is None:
-        return _local(RuntimeSpec())
+        return _local(target)
     if isinstance(target, ClusterProfile | Path):
         return _from_profile(target)
     if isinstance(target, str):
         return _from_string(target)
-    raise TypeError(f"make_client(target={target!r}): expected a RuntimeSpec, a cluster profile "
-                    "(path or ClusterProfile), a scheduler address, 'synchronous' or 'threads'")
+    raise ArgumentTypeError(f"make_client(target={target!r}): expected a RuntimeSpec, a cluster "
+                            "profile (path or ClusterProfile), a scheduler address, "
+                            "'synchronous' or 'threads'")
+
+
+def _current_client() -> Connection | None:
+    """The client this process already uses (``Client(...)`` in a notebook, or the client of
+    the worker this runs on), left open when the run ends; None when there is none."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        c = default_client()
+    except ValueError:  # "No clients found"
+        return None
+    if getattr(c, "status", None) not in ("running", "connecting", "newly-created"):
+        return None
+    return Connection(c, owned=False, description=f"the current Dask client ({c.scheduler.address})")
 
 
 def _from_string(target: str, *, field: str = "target") -> Connection:

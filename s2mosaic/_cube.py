@@ -21,26 +21,28 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import pystac
-import shapely.geometry
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from ._search import boa_offset, item_datetime
-from ._spec import MaskSpec, MosaicSpec
+from ._items import (
+    asset_nodata,
+    boa_offset,
+    item_datetime,
+    mask_band_keys,
+    resolve_band,
+    scl_asset_key,
+    solar_day,
+)
+from ._spec import MosaicSpec
 from .errors import CubeError, DataError, MissingDependencyError
 
 __all__ = [
     "GDAL_SETTINGS",
     "MASK_BANDS_ATTR",
-    "OCM_BANDS",
-    "S2CLOUDLESS_BANDS",
-    "S2CLOUDLESS_MODEL_BANDS",
     "SCL_VAR",
     "load_cube",
-    "mask_band_keys",
     "observation_count",
-    "resolve_band",
-    "scl_asset_key",
+    "observation_groups",
 ]
 
 #: Name of the scene classification variable in the cube.
@@ -49,21 +51,6 @@ SCL_VAR = "scl"
 MASK_BANDS_ATTR = "mask_bands"
 #: Prefix of cube variables loaded only for a masker (bands not already in ``spec.bands``).
 _MASK_VAR_PREFIX = "mask_"
-
-#: OmniCloudMask inputs: red, green, NIR. Each entry lists the names tried in turn (ESA id, then
-#: Earth Search key); NIR is B8A (as OCM's own Sentinel-2 loader reads) or else B08.
-OCM_BANDS: tuple[tuple[str, ...], ...] = (("B04", "red"), ("B03", "green"),
-                                          ("B8A", "nir08", "B08", "nir"))
-#: s2cloudless inputs in its model's order: all 13 L1C bands (``all_bands=True``) ...
-S2CLOUDLESS_BANDS: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08",
-                                      "B8A", "B09", "B10", "B11", "B12")
-#: ... or only the 10 its classifier uses (``all_bands=False``).
-S2CLOUDLESS_MODEL_BANDS: tuple[str, ...] = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09",
-                                            "B10", "B11", "B12")
-_EARTH_SEARCH = {"B01": "coastal", "B02": "blue", "B03": "green", "B04": "red",
-                 "B05": "rededge1", "B06": "rededge2", "B07": "rededge3", "B08": "nir",
-                 "B8A": "nir08", "B09": "nir09", "B10": "cirrus", "B11": "swir16",
-                 "B12": "swir22"}
 
 #: GDAL options for fast, quiet COG reads over HTTP(S)/S3 and local files.
 GDAL_SETTINGS: dict[str, Any] = {
@@ -77,87 +64,10 @@ GDAL_SETTINGS: dict[str, Any] = {
 }
 
 
-def _names(asset: pystac.Asset) -> set[str]:
-    out: set[str] = set()
-    for b in asset.extra_fields.get("eo:bands") or []:
-        for k in ("name", "common_name"):
-            if isinstance(b, dict) and b.get(k):
-                out.add(str(b[k]).lower())
-    return out
-
-
-def resolve_band(item: pystac.Item, name: str) -> str:
-    """The asset key of band ``name`` in ``item``.
-
-    ``name`` may be an asset key (``B04``, ``red``) or an ``eo:bands`` name or common name, so
-    Earth Search names (``red``, ``nir``) and Planetary Computer names (``B04``, ``B08``) both
-    work against either catalog.
-    """
-    if name in item.assets:
-        return name
-    low = name.lower()
-    for key in item.assets:
-        if key.lower() == low:
-            return key
-    for key, asset in item.assets.items():
-        if low in _names(asset):
-            return key
-    available = []
-    for key, asset in item.assets.items():
-        common = sorted(_names(asset) - {key.lower()})
-        available.append(f"{key} ({'/'.join(common)})" if common else key)
-    raise DataError(
-        f"band {name!r} (spec field 'bands') not found in item {item.id!r}; its assets are "
-        f"{available}. Use an asset key or an eo:bands common name from that list."
-    )
-
-
-def scl_asset_key(item: pystac.Item) -> str:
-    """The asset key of the scene classification layer (``SCL`` or ``scl``)."""
-    for key in item.assets:
-        if key.lower() == "scl":
-            return key
-    raise DataError(
-        f"item {item.id!r} has no SCL asset (assets: {sorted(item.assets)}); SCL masking "
-        "(mask.method: scl) needs an L2A collection with the scene classification layer"
-    )
-
-
-def _resolve_first(item: pystac.Item, names: Sequence[str], field: str) -> str:
-    for name in names:
-        try:
-            return resolve_band(item, name)
-        except DataError:
-            continue
-    raise DataError(
-        f"item {item.id!r} has none of the bands {list(names)} that {field} needs (assets: "
-        f"{sorted(item.assets)}); use a collection that has them, or another mask.method"
-    )
-
-
-def mask_band_keys(item: pystac.Item, mask: MaskSpec) -> list[str]:
-    """Asset keys of the bands ``mask.method``'s cloud masker reads, in the masker's order.
-
-    OmniCloudMask: red, green, NIR (B8A, else B08). s2cloudless: the 13 L1C bands (or the 10 its
-    model uses). SCL is not listed here (see :func:`scl_asset_key`). Empty for ``scl``/``none``.
-    """
-    field = f"mask.method {mask.method}"
-    if mask.uses_ocm:
-        return [_resolve_first(item, names, field) for names in OCM_BANDS]
-    if mask.method == "s2cloudless":
-        bands = S2CLOUDLESS_BANDS if mask.s2cloudless_all_bands else S2CLOUDLESS_MODEL_BANDS
-        return [_resolve_first(item, (b, _EARTH_SEARCH[b]), field) for b in bands]
-    return []
-
-
-def _solar_day(item: pystac.Item) -> dt.date:
-    when = item_datetime(item)
-    lon = shapely.geometry.shape(item.geometry).centroid.x if item.geometry else 0.0
-    return (when + dt.timedelta(seconds=lon * 240)).date()  # 240 s of solar time per degree
-
-
-def _groups(items: Sequence[pystac.Item], keys: dict[str, str]) -> tuple[list[Any], list[tuple[int, ...]]]:
-    """Group key per item (solar day, offsets) and the offsets per group, in group order.
+def observation_groups(items: Sequence[pystac.Item], keys: dict[str, str],
+                       ) -> tuple[list[Any], list[tuple[int, ...]]]:
+    """Group key per item (solar day, BOA offsets of the assets ``keys``) and the offsets per
+    group, in group order: the time slices :func:`load_cube` makes of ``items``.
 
     Items of one solar day with different BOA offsets stay separate observations, so each time
     slice of the cube has exactly one offset per band.
@@ -165,7 +75,7 @@ def _groups(items: Sequence[pystac.Item], keys: dict[str, str]) -> tuple[list[An
     item_keys = []
     for item in items:
         offsets = tuple(boa_offset(item, keys[name]) for name in keys)
-        item_keys.append((_solar_day(item).isoformat(), offsets))
+        item_keys.append((solar_day(item).isoformat(), offsets))
     ordered = sorted(set(item_keys))
     return item_keys, [k[1] for k in ordered]
 
@@ -175,7 +85,7 @@ def observation_count(items: Sequence[pystac.Item], spec: MosaicSpec) -> int:
     if not items:
         return 0
     keys = {name: resolve_band(items[0], name) for name in spec.bands}
-    return len(_groups(items, keys)[1])
+    return len(observation_groups(items, keys)[1])
 
 
 def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) -> xr.Dataset:
@@ -206,7 +116,7 @@ def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) ->
                                 f"item {ref.id!r} has; mixed collections in one mosaic?")
         if scl is not None and scl not in item.assets:
             raise DataError(f"item {item.id!r} lacks the {scl!r} asset needed for masking")
-    item_keys, offsets = _groups(items, keys)
+    item_keys, offsets = observation_groups(items, keys)
     if spec.runtime.loader == "stackstac":
         ds = _load_stackstac(items, keys, scl, item_keys, geobox, spec)
     else:
@@ -265,7 +175,7 @@ def _load_stackstac(items: Sequence[pystac.Item], keys: dict[str, str], scl: str
     assets = {**keys, **({SCL_VAR: scl} if scl else {})}
     for name, key in assets.items():
         dtype = np.dtype("uint8" if name == SCL_VAR else "uint16")
-        nodata = _nodata(items[0], key)
+        nodata = asset_nodata(items[0], key)
         arr = stackstac.stack(
             list(items), assets=[key], epsg=epsg, resolution=(abs(res.x), abs(res.y)),
             bounds=(b.left, b.bottom, b.right, b.top), snap_bounds=False,
@@ -289,12 +199,6 @@ def _load_stackstac(items: Sequence[pystac.Item], keys: dict[str, str], scl: str
         first[key] = min(first.get(key, when), when)
     times = [np.datetime64(first[k].replace(tzinfo=None), "ns") for k in sorted(first)]
     return ds.assign_coords(time=np.array(times)).assign_coords(xr_coords(geobox))
-
-
-def _nodata(item: pystac.Item, key: str) -> int:
-    bands = item.assets[key].extra_fields.get("raster:bands") or [{}]
-    nodata = bands[0].get("nodata", 0) if isinstance(bands[0], dict) else 0
-    return int(nodata) if nodata is not None else 0
 
 
 def _harmonise(ds: xr.Dataset, bands: list[str], offsets: list[tuple[int, ...]]) -> xr.Dataset:

@@ -11,6 +11,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import pystac
+import shapely
 import xarray as xr
 from affine import Affine
 from odc.geo import CRS, AnchorEnum
@@ -18,11 +19,13 @@ from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_coords
 
 from ._aoi import AOI
+from ._crs import grid_crs
+from ._items import footprint, resolve_band
 from ._spec import MosaicSpec
-from .errors import DataError, SpecError
+from .errors import ArgumentError, DataError, SpecError
 
-__all__ = ["Footprints", "Tile", "aoi_mask", "native_geobox", "output_geobox", "pad_geobox", "tiles"]
-
+__all__ = ["Footprints", "Tile", "aoi_mask", "native_geobox", "output_geobox", "pad_geobox",
+           "tiles"]
 
 def output_geobox(spec: MosaicSpec, items: Sequence[pystac.Item] = ()) -> GeoBox:
     """The output GeoBox: the AOI's extent in the spec's CRS at the spec's resolution.
@@ -43,7 +46,7 @@ def output_geobox(spec: MosaicSpec, items: Sequence[pystac.Item] = ()) -> GeoBox
             return _snap(ref, aoi_geom.to_crs(crs).boundingbox)
         resolution: Any = ref.resolution
     else:
-        crs = CRS(spec.grid.crs) if spec.grid.crs else CRS.utm(aoi_geom)
+        crs = grid_crs(spec.aoi, spec.grid.crs)
         resolution = spec.grid.resolution
     try:
         return GeoBox.from_geopolygon(aoi_geom.to_crs(crs), resolution=resolution, crs=crs,
@@ -67,8 +70,6 @@ def _snap(ref: GeoBox, bbox: Any) -> GeoBox:
 
 
 def _first_band_key(item: pystac.Item, spec: MosaicSpec) -> str:
-    from ._cube import resolve_band
-
     return resolve_band(item, spec.bands[0])
 
 
@@ -144,7 +145,7 @@ def tiles(geobox: GeoBox, size: int) -> list[Tile]:
     tiles ever write the same chunk.
     """
     if size < 1:
-        raise ValueError(f"tile size must be >= 1 pixel, got {size}")
+        raise ArgumentError(f"tiles: size must be >= 1 pixel, got {size}")
     h, w = geobox.shape.yx
     out = []
     for r, y0 in enumerate(range(0, h, size)):
@@ -170,15 +171,12 @@ class Footprints:
     """
 
     def __init__(self, items: Sequence[pystac.Item]) -> None:
-        import shapely
-        import shapely.geometry
 
         self.items = list(items)
-        self._open = [n for n, i in enumerate(self.items) if i.geometry is None]
-        with_geom = [n for n, i in enumerate(self.items) if i.geometry is not None]
-        self._index = with_geom
-        self._tree = shapely.STRtree([shapely.geometry.shape(self.items[n].geometry)
-                                      for n in with_geom])
+        shapes = [footprint(i) for i in self.items]
+        self._open = [n for n, g in enumerate(shapes) if g is None]
+        self._index = [n for n, g in enumerate(shapes) if g is not None]
+        self._tree = shapely.STRtree([shapes[n] for n in self._index])
 
     def touching(self, geobox: GeoBox, margin: int = 2) -> list[pystac.Item]:
         """Items whose footprint touches ``geobox`` grown by ``margin`` pixels, in item order.
@@ -186,6 +184,8 @@ class Footprints:
         The margin errs on the side of reading: footprints are simplified polygons, and a scene
         that only grazes the box changes no pixel centre.
         """
-        area = pad_geobox(geobox, (margin, margin)).extent.to_crs("EPSG:4326").geom
+        # wrapdateline: a box across 180° becomes two lon/lat parts, not a band around the world
+        area = pad_geobox(geobox, (margin, margin)).extent.to_crs("EPSG:4326",
+                                                                   wrapdateline=True).geom
         hits = {self._index[k] for k in self._tree.query(area, predicate="intersects")}
         return [self.items[n] for n in sorted(hits.union(self._open))]

@@ -43,27 +43,31 @@ _SCHEDULING = ("scheduler", "cluster", "n_workers", "threads_per_worker", "max_t
                "retries")
 
 
-def block_digest(name: str, y0: int, x0: int, block: np.ndarray) -> str:
-    """SHA-256 of one written chunk: variable, origin, dtype, shape and bytes."""
-    h = hashlib.sha256(f"{name}:{y0}:{x0}:{block.dtype.str}:{block.shape}".encode())
+def block_digest(name: str, origin: Sequence[int], block: np.ndarray) -> str:
+    """SHA-256 of one written chunk: variable, origin (``y0, x0``, or ``t0, y0, x0``), dtype,
+    shape and bytes."""
+    where = ":".join(str(int(o)) for o in origin)
+    h = hashlib.sha256(f"{name}:{where}:{block.dtype.str}:{block.shape}".encode())
     h.update(np.ascontiguousarray(block).tobytes())
     return h.hexdigest()
 
 
-def tile_digest(chunk_digests: Iterable[tuple[str, int, int, str]]) -> str:
-    """One digest for a tile from its ``(name, y0, x0, chunk_digest)`` records (any order)."""
+def tile_digest(chunk_digests: Iterable[tuple[Any, ...]]) -> str:
+    """One digest for a tile from its ``(name, *origin, chunk_digest)`` records (any order)."""
     h = hashlib.sha256()
-    for name, y0, x0, d in sorted(chunk_digests):
-        h.update(f"{name}:{y0}:{x0}:{d}\n".encode())
+    for rec in sorted(tuple(r) for r in chunk_digests):
+        h.update((":".join(str(v) for v in rec) + "\n").encode())
     return h.hexdigest()
 
 
 def fingerprint(spec_dict: Mapping[str, Any], grid: Mapping[str, Any], tile_size: int,
-                item_ids: Sequence[str]) -> str:
+                item_ids: Sequence[str], product: Mapping[str, Any] | None = None) -> str:
     """What decides the pixels of a store: spec (less output and scheduling), grid, tiling,
-    items."""
+    items, and the product with its parameters (none for a mosaic)."""
     doc = {"spec": pixel_spec(spec_dict), "grid": grid, "tile_size": tile_size,
            "items": list(item_ids)}
+    if product is not None:
+        doc["product"] = dict(product)
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -74,6 +78,8 @@ def pixel_spec(spec_dict: Mapping[str, Any]) -> dict[str, Any]:
     for k in _SCHEDULING:
         runtime.pop(k, None)
     out["runtime"] = runtime
+    # grid.max_pixels only bounds what may be asked for; it does not change a pixel.
+    out["grid"] = {k: v for k, v in dict(out.get("grid") or {}).items() if k != "max_pixels"}
     return out
 
 
@@ -105,24 +111,34 @@ class TileRecord:
 
 
 class Manifest:
-    """The manifest of the tiled run whose store is ``store``."""
+    """The manifest of the tiled run whose store is ``store`` (in its ``s2mosaic_run`` group),
+    or, with ``group=None``, of a job writing files into the plain directory ``store`` (chips:
+    each chip a tile of a sparse grid)."""
 
-    def __init__(self, store: str | Path) -> None:
+    def __init__(self, store: str | Path, *, group: str | None = RUN_GROUP) -> None:
         self.store = Path(store)
-        self.dir = self.store / RUN_GROUP
+        self.group = group
+        self.dir = self.store / group if group else self.store
         self.path = self.dir / "manifest.jsonl"
 
     def exists(self) -> bool:
         return self.path.is_file()
 
     # -- creating ------------------------------------------------------------------------------
-    def create(self, header: Mapping[str, Any], items: Sequence[pystac.Item]) -> None:
-        """Write the run group, the header and the items (into a store being initialised)."""
-        import zarr
+    def create(self, header: Mapping[str, Any], items: Sequence[pystac.Item] | None) -> None:
+        """Write the run group (into a store being initialised), the items, and the header."""
+        if self.group is not None:
+            import zarr
 
-        zarr.open_group(str(self.store), mode="r+", zarr_format=2).require_group(RUN_GROUP)
+            zarr.open_group(str(self.store), mode="r+", zarr_format=2).require_group(self.group)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if items is not None:
+            self._write_items(items)
         record = {"kind": "header", "format": FORMAT,
                   "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **header}
+        self.path.write_text(json.dumps(record, default=str) + "\n")
+
+    def _write_items(self, items: Sequence[pystac.Item]) -> None:
         absolute = []
         for item in items:
             clone = item.clone()
@@ -134,14 +150,15 @@ class Manifest:
         dropped = [{"id": d.id, "reason": d.reason} for d in getattr(items, "dropped", [])]
         (self.dir / "search.json").write_text(json.dumps(
             {"dropped": dropped, "query": getattr(items, "query", {})}, default=str) + "\n")
-        self.path.write_text(json.dumps(record, default=str) + "\n")
 
-    def append(self, rec: TileRecord) -> None:
-        """Record a finished tile (one line, flushed to disk before returning)."""
-        line = json.dumps({"kind": "tile", **rec.__dict__,
-                           "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+    def append(self, *records: TileRecord | Mapping[str, Any], kind: str = "tile") -> None:
+        """Record finished tiles (``TileRecord`` s, or rows of ``kind``), one line each,
+        flushed to disk before returning."""
+        at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        lines = [json.dumps({"kind": kind, **(r.__dict__ if isinstance(r, TileRecord) else r),
+                             "at": at}, default=str) for r in records]
         with open(self.path, "a") as f:
-            f.write(line + "\n")
+            f.write("".join(line + "\n" for line in lines))
             f.flush()
             os.fsync(f.fileno())
 
@@ -166,6 +183,10 @@ class Manifest:
             raise WriteError(f"{self.path} has manifest format {lines[0].get('format')}, this "
                              f"s2mosaic writes {FORMAT}; rerun with --overwrite")
         return lines[0]
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        """Every record of ``kind`` after the header, in order."""
+        return [rec for rec in self._lines()[1:] if rec.get("kind") == kind]
 
     def finished(self) -> dict[str, TileRecord]:
         """Finished tiles by key (the last record of a tile wins)."""

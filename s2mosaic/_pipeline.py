@@ -13,24 +13,18 @@ import pystac
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from ._cube import load_cube, mask_band_keys, resolve_band, scl_asset_key
+from ._cube import load_cube
 from ._grid import aoi_mask, output_geobox
-from ._search import SearchResult, boa_offset, item_datetime, search
+from ._items import boa_offset, item_datetime, mask_band_keys, resolve_band, scl_asset_key
+from ._search import SearchResult, search
 from ._select import apply_selection
 from ._spec import MosaicSpec
-from .composite import composite
+from ._write import PROVENANCE_ATTR
+from .composite import PERCENTILE_DEFINITION, composite
 from .masks import MaskContext, valid_mask
 
-__all__ = ["PROVENANCE_ATTR", "mosaic", "provenance", "software_versions"]
+__all__ = ["masked_cube", "mosaic", "provenance", "software_versions"]
 
-#: Dataset attribute under which `mosaic` hands the provenance record to `write`.
-PROVENANCE_ATTR = "s2mosaic_provenance"
-
-PERCENTILE_DEFINITION = (
-    "NumPy's default 'linear' percentile (method='linear') over the valid observations of each "
-    "pixel, rounded half to even to uint16; pixels with fewer than composite.min_observations "
-    "valid observations are nodata (0)"
-)
 _PACKAGES = ("s2mosaic", "numpy", "numba", "dask", "distributed", "xarray", "odc-stac", "odc-geo",
              "odc-loader", "pystac", "pystac-client", "rasterio", "zarr", "stackstac",
              "omnicloudmask", "torch", "s2cloudless", "lightgbm")
@@ -68,14 +62,27 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
         items = apply_selection(spec, search(spec))  # spec.select: all, or a minimal cover
     items = list(items) if not isinstance(items, SearchResult) else items
     gbox = geobox or output_geobox(spec, items)
-    cube = load_cube(items, spec, gbox)
-    valid = (valid_mask(cube, spec.bands, spec.mask, MaskContext(geobox=gbox))
-             & aoi_mask(gbox, spec.aoi, spec.runtime.chunks))
+    cube, valid = masked_cube(spec, items, gbox)
     c = spec.composite
     result = composite(cube[list(spec.bands)], valid, method=c.method, q=c.q,
                        min_observations=c.min_observations)
     result.attrs[PROVENANCE_ATTR] = provenance(spec, items, gbox, cube.sizes["time"], started)
     return result
+
+
+def masked_cube(spec: MosaicSpec, items: Sequence[pystac.Item], geobox: GeoBox,
+                ) -> tuple[xr.Dataset, xr.DataArray]:
+    """The front half of every product: the lazy cube of ``items`` on ``geobox``
+    (:func:`s2mosaic._cube.load_cube`) and its boolean ``(time, y, x)`` mask of clear
+    observations inside the AOI (cloud mask of ``spec.mask`` and ``aoi_mask``).
+
+    :func:`mosaic`, :func:`s2mosaic.series`, :func:`s2mosaic.observations` and the gap-fill
+    all start here, on the whole grid or on a run tile's context box.
+    """
+    cube = load_cube(items, spec, geobox)
+    valid = (valid_mask(cube, spec.bands, spec.mask, MaskContext(geobox=geobox))
+             & aoi_mask(geobox, spec.aoi, spec.runtime.chunks))
+    return cube, valid
 
 
 def provenance(spec: MosaicSpec, items: Sequence[pystac.Item], gbox: GeoBox, observations: int,
@@ -94,7 +101,7 @@ def provenance(spec: MosaicSpec, items: Sequence[pystac.Item], gbox: GeoBox, obs
         "items": [
             {
                 "id": i.id,
-                "datetime": str(i.datetime),
+                "datetime": str(item_datetime(i)),
                 "collection": i.collection_id,
                 "eo:cloud_cover": i.properties.get("eo:cloud_cover"),
                 "s2:processing_baseline": i.properties.get("s2:processing_baseline"),

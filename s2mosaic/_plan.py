@@ -31,18 +31,25 @@ from typing import Any
 
 import numpy as np
 import pystac
-import shapely.geometry
 from odc.geo.geobox import GeoBox, GeoboxTiles
 from odc.geo.geom import Geometry
 from odc.geo.overlap import compute_reproject_roi
 from pyproj import Geod
 
-from ._cube import mask_band_keys, resolve_band, scl_asset_key
 from ._grid import native_geobox, output_geobox
-from ._search import mgrs_tile, search
-from ._select import CoverageError, Selection, select
+from ._items import (
+    asset_dtype,
+    footprint,
+    mask_band_keys,
+    mgrs_tile,
+    resolve_band,
+    scl_asset_key,
+    solar_day,
+)
+from ._search import search
+from ._select import Selection, select
 from ._spec import MosaicSpec
-from .errors import SpecError
+from .errors import CoverageError, SpecError
 
 __all__ = [
     "BYTES_PER_PIXEL",
@@ -330,9 +337,7 @@ def plan(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *, cores:
 
 
 def _observations(sel: Selection | Sequence[pystac.Item]) -> int:
-    from ._cube import _solar_day
-
-    return len({_solar_day(i) for i in sel})
+    return len({solar_day(i) for i in sel})
 
 
 def _asset_keys(spec: MosaicSpec, ref: pystac.Item) -> list[str]:
@@ -369,7 +374,7 @@ class _Layouts:
         elif local is None:
             self.remote_skipped += 1
         gbox = native_geobox(item, key)
-        dtype = _dtype(asset)
+        dtype = asset_dtype(item, key)
         size = asset.extra_fields.get("file:size")
         if local is not None and local.exists():
             size = local.stat().st_size
@@ -398,12 +403,6 @@ def _local_path(href: str) -> Path | None:
     if "://" in href:
         return None
     return Path(href)
-
-
-def _dtype(asset: pystac.Asset) -> str:
-    bands = asset.extra_fields.get("raster:bands") or [{}]
-    d = bands[0].get("data_type") if isinstance(bands[0], dict) else None
-    return str(d) if d else "uint16"
 
 
 def _from_header(path: str, where: str) -> _Layout:
@@ -463,11 +462,12 @@ def _bytes_to_read(spec: MosaicSpec, items: Sequence[pystac.Item], gbox: GeoBox,
                 dens_px += lay.geobox.shape[0] * lay.geobox.shape[1]
         # odc-stac makes a read task for every chunk the scene's image footprint touches.
         ref = lays[keys[0]]
-        footprint = ref.geobox.extent
-        if footprint is None:  # pragma: no cover - GeoBox always has an extent
-            footprint = Geometry(shapely.geometry.shape(item.geometry), "EPSG:4326")
+        extent = ref.geobox.extent
+        if extent is None:  # pragma: no cover - GeoBox always has an extent
+            fp = footprint(item)
+            extent = Geometry(fp, "EPSG:4326") if fp is not None else gbox.extent
         rois: dict[tuple[Any, ...], Any] = {}
-        for idx in gbt.tiles(footprint):
+        for idx in gbt.tiles(extent):
             dst = gbt[idx]
             for k, lay in lays.items():
                 opens += 1

@@ -35,7 +35,7 @@ import shapely.geometry
 from PIL import Image, ImageDraw
 from pyproj import Transformer
 
-from ._cube import resolve_band
+from ._items import footprint_bounds, resolve_band
 from ._search import search
 from ._select import SceneInfo, Selection, select
 from ._spec import MosaicSpec
@@ -208,9 +208,10 @@ def _from_cogs(item: pystac.Item, hrefs: list[str], rgb_range: tuple[int, int],
     from rasterio.enums import Resampling
     from rasterio.warp import reproject
 
-    if item.bbox is None:
-        raise DataError(f"item {item.id!r} has no bbox; a quicklook needs one")
-    transform, rows, cols, bounds = _target(tuple(item.bbox), size)
+    bbox = footprint_bounds(item)
+    if bbox is None:
+        raise DataError(f"item {item.id!r} has neither bbox nor geometry; a quicklook needs one")
+    transform, rows, cols, bounds = _target(bbox, size)
     bands = np.zeros((3, rows, cols), dtype=np.float32)
     valid = np.ones((rows, cols), dtype=bool)
     for b, href in enumerate(hrefs):
@@ -239,6 +240,7 @@ def _from_image(item: pystac.Item, href: str, size: int, key: str) -> _Quicklook
     from rasterio.transform import from_bounds
     from rasterio.warp import reproject
 
+    bbox = footprint_bounds(item)
     with rasterio.open(_gdal_path(href)) as src:
         f = max(1, max(src.width, src.height) // size)
         h, w = max(1, src.height // f), max(1, src.width // f)
@@ -246,16 +248,17 @@ def _from_image(item: pystac.Item, href: str, size: int, key: str) -> _Quicklook
         if src.crs is not None and not src.transform.is_identity:
             src_tr, src_crs = src.transform * src.transform.scale(src.width / w, src.height / h), src.crs
         else:  # a plain image: lay it over the item's bbox
-            if item.bbox is None:
+            if bbox is None:
                 raise DataError(f"item {item.id!r}: quicklook {key!r} is not georeferenced and "
-                                "the item has no bbox")
-            src_tr, src_crs = from_bounds(*item.bbox[:4], w, h), "EPSG:4326"
+                                "the item has neither bbox nor geometry")
+            src_tr, src_crs = from_bounds(*bbox, w, h), "EPSG:4326"
     rgb = np.repeat(arr[:1], 3, axis=0) if arr.shape[0] < 3 else arr[:3]
     rgb = rgb.astype(np.float32)
     if rgb.max() > 255:  # 16-bit preview: stretch to 8 bits
         rgb = rgb / max(1.0, float(np.percentile(rgb, 98))) * 255
-    bbox = item.bbox if item.bbox is not None else shapely.geometry.shape(item.geometry).bounds
-    transform, rows, cols, bounds = _target(tuple(bbox[:4]), size)
+    if bbox is None:
+        raise DataError(f"item {item.id!r} has neither bbox nor geometry; a quicklook needs one")
+    transform, rows, cols, bounds = _target(bbox, size)
     out = np.zeros((3, rows, cols), dtype=np.float32)
     ones = np.ones(rgb.shape[1:], dtype=np.float32)
     cover = np.zeros((rows, cols), dtype=np.float32)

@@ -13,6 +13,12 @@ display product are streamed from the store at the end; a report of the run (til
 resumed, empty, failed, retried; items; bytes read and written; wall time) is written beside
 the outputs.
 
+What a run computes is a *product* (:class:`Product`): the mosaic here (:class:`MosaicProduct`),
+the series and the gap-fill in :mod:`s2mosaic._timeseries_run` - its store variables and
+``time`` axis, the lazy dataset of a tile from the items that touch it, its run-wide state
+(recorded in the manifest header) and its exports. :class:`_Store` prepares or reopens the
+store, :class:`s2mosaic._tiles.TileLoop` schedules the tiles, :class:`_Run` ties them together.
+
 A run posts notifications (start, completion with the report, failure) to the webhook in
 ``$S2MOSAIC_WEBHOOK`` when it is set (:mod:`s2mosaic._notify`).
 """
@@ -27,11 +33,10 @@ import os
 import shutil
 import time
 import warnings
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import dask
 import dask.array as da
@@ -42,23 +47,24 @@ from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_zeros
 
 from . import _write
-from ._cluster import keep_annotations, make_client, quiet_rasterio, quiet_workers
+from ._cluster import make_client, quiet_rasterio, quiet_workers
 from ._cube import observation_count
-from ._grid import Footprints, Tile, output_geobox, tiles
+from ._grid import Tile, output_geobox, tiles
 from ._manifest import Manifest, TileRecord, fingerprint, pixel_spec, spec_differences, tile_digest
 from ._notify import Notifier
-from ._pipeline import PROVENANCE_ATTR, mosaic, provenance
+from ._pipeline import mosaic, provenance
 from ._search import SearchResult, search
 from ._select import apply_selection
 from ._spec import MosaicSpec, OutputSpec
+from ._tiles import Pending, TileGraph, TileGrid, TileLoop, block_writes, tile_arrays
 from .errors import RunError, WriteError
 from .masks import context_pixels
 
-__all__ = ["RunReport", "run", "write"]
+__all__ = ["MosaicProduct", "Product", "RunReport", "dated", "execute", "export_rasters", "run"]
 
 COUNT = _write.COUNT
 #: Dataset attributes of a tile's mosaic that describe that tile only (not copied to the store).
-_TILE_ATTRS = ("boa_offsets", "mask_bands", PROVENANCE_ATTR)
+_TILE_ATTRS = ("boa_offsets", "mask_bands", _write.PROVENANCE_ATTR)
 
 
 @dataclass
@@ -92,37 +98,11 @@ class RunReport:
     are not counted); None where not measurable."""
     bytes_written: int | None = None
     """Size of the Zarr store on disk."""
+    kind: str = "mosaic"
+    """What was computed: ``mosaic`` (:func:`run`), ``series`` or ``gapfill``."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
-
-
-def write(mosaic_ds: xr.Dataset, output: OutputSpec, *, client: Any = None,
-          progress: bool = False) -> _write.WriteResult:
-    """Compute and write a mosaic from :func:`s2mosaic.mosaic` to ``output`` as one graph.
-
-    For notebooks and small areas. :func:`run` writes tile by tile instead (bounded memory,
-    resumable). The provenance record the mosaic carries is completed (processing time) and
-    written as the metadata sidecar; it is not copied into the Zarr/COG attributes.
-    """
-    if output.zarr is None and output.cog is None:
-        raise WriteError("nothing to write: set output.zarr and/or output.cog in the spec")
-    ds = mosaic_ds.copy()
-    prov: dict[str, Any] = dict(ds.attrs.pop(PROVENANCE_ATTR, None) or {})
-    started = time.time()
-    if client is not None:
-        quiet_workers(client)
-    # keep_annotations: GPU tasks (cluster.gpu_annotate) keep their resources through compute.
-    with warnings.catch_warnings(), keep_annotations(ds):
-        quiet_rasterio()
-        result = _write.write(ds, output, provenance=prov, client=client, progress=progress)
-    if result.metadata is not None:
-        # The processing time is known only now: complete the sidecar the writer made.
-        record = json.loads(result.metadata.read_text())
-        record["processing_time_s"] = round(time.time() - started, 3)
-        record["finished"] = dt.datetime.now(dt.UTC).isoformat()
-        _write.write_metadata(result.metadata, record)
-    return result
 
 
 def run(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None, client: Any = None,
@@ -166,6 +146,16 @@ def run(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None, client:
     {'total': 12, 'computed': 12, 'resumed': 0, 'empty': 1, 'failed': 0, 'retried': 0}
     >>> run(MosaicSpec.from_yaml("my-area.yaml"), resume=True)  # after an interruption  # doctest: +SKIP
     """
+    return execute(spec, MosaicProduct(spec), items=items, client=client, progress=progress,
+                   resume=resume, on_stage=on_stage)
+
+
+def execute(spec: MosaicSpec, product: Product, *, items: Sequence[pystac.Item] | None = None,
+            client: Any = None, progress: bool = False, resume: bool = False,
+            on_stage: Callable[[str, dict[str, Any]], None] | None = None) -> RunReport:
+    """Run ``product`` of ``spec`` tile by tile: what :func:`run`,
+    :func:`s2mosaic.run_series` and :func:`s2mosaic.run_gapfill` share (the arguments are
+    :func:`run`'s), with the start/completion/failure notifications around it."""
     notifier = Notifier.from_env()
     rt = spec.runtime
     where = ("the given client" if client is not None else
@@ -173,7 +163,8 @@ def run(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None, client:
     notifier.started(spec.name, cluster=where,
                      outputs={k: getattr(spec.output, k) for k in ("zarr", "cog", "rgb")})
     try:
-        report = _Run(spec, resume, progress, on_stage or (lambda _n, _i: None)).execute(items, client)
+        report = _Run(spec, product, resume, progress,
+                      on_stage or (lambda _n, _i: None)).execute(items, client)
     except BaseException as e:
         notifier.failed(spec.name, e)
         raise
@@ -199,47 +190,284 @@ def store_path(output: OutputSpec) -> Path:
     return output.cog.with_name(f".{output.cog.name}.tiles.zarr")
 
 
-@dataclass
-class _Pending:
-    tile: Tile
-    attempt: int
-    started: float
-    tasks: int
-    items: int
-    empty: bool
+# -- products ----------------------------------------------------------------------------------
+class Product(Protocol):
+    """What a run computes. The runner does the rest - tiles, store, manifest, resume, retries,
+    report - the same way for every product (:class:`MosaicProduct`, and the series and
+    gap-fill products of :mod:`s2mosaic._timeseries`)."""
+
+    kind: str
+    """``mosaic``, ``series`` or ``gapfill``: recorded in the manifest and the run report."""
+    names: list[str]
+    """The variables of the store, in order."""
+    time: dict[str, np.ndarray] | None
+    """Coordinates along ``time`` (``time`` first) of a ``(time, y, x)`` product; None for a
+    single ``(y, x)`` mosaic."""
+    time_chunk: int
+    """Time steps per Zarr chunk (ignored without ``time``)."""
+
+    def check(self, output: OutputSpec) -> dict[str, Path | None]:
+        """Raise for outputs the product cannot write; its output files by name (a new run
+        refuses to replace them without ``overwrite``)."""
+        ...
+
+    def select(self, items: SearchResult) -> SearchResult:
+        """The items the run uses, chosen once for the whole area (a resumed run reuses the
+        recorded ones)."""
+        ...
+
+    def prepare(self, items: SearchResult, gbox: GeoBox, recorded: Mapping[str, Any] | None,
+                ) -> dict[str, Any]:
+        """Run-wide state computed before the tiles - the product's parameters first - as
+        recorded in the manifest header; ``recorded`` is that record when resuming."""
+        ...
+
+    def build(self, items: list[pystac.Item], box: GeoBox) -> xr.Dataset:
+        """The lazy product on ``box`` (a tile plus its mask margin) from ``items``, the run's
+        items that touch it."""
+        ...
+
+    def exports(self, source: xr.Dataset, output: OutputSpec, *, overwrite: bool, client: Any,
+                progress: bool) -> dict[str, Path | None]:
+        """Write the products streamed from the finished store ``source`` (COG, RGB)."""
+        ...
+
+    def record(self, prov: dict[str, Any], source: xr.Dataset,
+               written: Mapping[str, Path | None]) -> dict[str, Any]:
+        """The metadata sidecar from the run's provenance record ``prov``."""
+        ...
+
+
+class MosaicProduct:
+    """One composite over ``spec.period``: ``(y, x)`` bands and ``count``; COG and RGB."""
+
+    kind = "mosaic"
+    time: dict[str, np.ndarray] | None = None
+    time_chunk = 1
+
+    def __init__(self, spec: MosaicSpec) -> None:
+        self.spec = spec
+        self.names = [*spec.bands, COUNT]
+
+    def check(self, output: OutputSpec) -> dict[str, Path | None]:
+        return {"cog": output.cog, "rgb": output.rgb}
+
+    def select(self, items: SearchResult) -> SearchResult:
+        return apply_selection(self.spec, items)  # spec.select, once for all tiles
+
+    def prepare(self, items: SearchResult, gbox: GeoBox, recorded: Mapping[str, Any] | None,
+                ) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    def build(self, items: list[pystac.Item], box: GeoBox) -> xr.Dataset:
+        return mosaic(self.spec, SearchResult(items), geobox=box)
+
+    def exports(self, source: xr.Dataset, output: OutputSpec, *, overwrite: bool, client: Any,
+                progress: bool) -> dict[str, Path | None]:
+        return export_rasters(source, output, "", overwrite=overwrite, client=client,
+                               progress=progress)
+
+    def record(self, prov: dict[str, Any], source: xr.Dataset,
+               written: Mapping[str, Path | None]) -> dict[str, Any]:
+        return _write.metadata_record(source, prov, written)
+
+
+def export_rasters(source: xr.Dataset, output: OutputSpec, day: dt.date | str, *,
+                    overwrite: bool, client: Any, progress: bool) -> dict[str, Path | None]:
+    """``output.cog`` / ``output.rgb`` of ``source`` (one ``(y, x)`` plane), named
+    ``<stem>_<day><suffix>`` (``cog[<day>]``) when ``day`` is given."""
+    written: dict[str, Path | None] = {}
+    with warnings.catch_warnings():
+        for kind, path in (("cog", output.cog), ("rgb", output.rgb)):
+            key = f"{kind}[{day}]" if day else kind
+            if path is None:
+                if not day:
+                    written[key] = None
+                continue
+            target = dated(path, day) if day else path
+            written[key] = (
+                _write.write_cog(source, target, overwrite=overwrite, client=client,
+                                 progress=progress) if kind == "cog" else
+                _write.write_rgb(source, target, output.rgb_bands, output.rgb_range,
+                                 overwrite=overwrite, client=client, progress=progress))
+    return written
+
+
+def dated(path: Path, day: dt.date | str) -> Path:
+    """``out/m.tif`` → ``out/m_2024-05-01.tif``."""
+    iso = day.isoformat() if isinstance(day, dt.date) else day
+    return path.with_name(f"{path.stem}_{iso}{path.suffix}")
+
+
+# -- the runner ----------------------------------------------------------------------------------
+class _Store:
+    """A run's Zarr store and manifest: a new run's output checks and the store initialised
+    (grid, template, header, items), or a resumed run's store checked against the spec; then
+    the finished tiles verified against their digests."""
+
+    def __init__(self, spec: MosaicSpec, product: Product, resume: bool) -> None:
+        out = spec.output
+        self.path = store_path(out)
+        if resume and out.overwrite:
+            raise WriteError("resume and overwrite exclude each other: resume continues the store "
+                             f"at {self.path}, overwrite deletes it - choose one")
+        self.targets = product.check(out)
+        if out.rgb is not None:
+            missing = [b for b in out.rgb_bands if b not in product.names]
+            if missing:
+                raise WriteError(f"output.rgb_bands {list(out.rgb_bands)}: {missing} not in "
+                                 f"bands {list(spec.bands)}")
+        self.spec, self.product, self.resume = spec, product, resume
+        self.scratch = out.zarr is None
+        self.manifest = Manifest(self.path)
+        self.chunk = spec.runtime.chunks
+
+    def open(self, items: Sequence[pystac.Item] | None) -> tuple[SearchResult, TileGrid]:
+        """The run's items and tiles: those recorded in the store when resuming it, else
+        searched (unless given) and selected by the product, with the store initialised."""
+        spec = self.spec
+        header = self._resumable() if self.resume and os.path.lexists(self.path) else None
+        items = self._new_items(items) if header is None else self._recorded_items(items)
+        gbox = output_geobox(spec, items)
+        aoi = spec.aoi.odc_geometry().to_crs(gbox.crs)
+        grid = TileGrid(gbox, tiles(gbox, spec.runtime.tile_pixels),
+                        context_pixels(spec.mask, gbox), aoi, items)
+        state = self.product.prepare(items, gbox,
+                                     None if header is None else header.get("product"))
+        info = _write.grid_info(gbox)
+        fp = fingerprint(spec.to_dict(), info, spec.runtime.tile_pixels,
+                             [i.id for i in items], None if self.product.kind == "mosaic" else state)
+        if header is None:
+            header = {"fingerprint": fp, "spec": pixel_spec(spec.to_dict()), "grid": info,
+                      "tile_size": spec.runtime.tile_pixels, "chunks": self.chunk,
+                      "tiles": len(grid.tiles), "halo": list(grid.halo),
+                      "bands": self.product.names, "product": state}
+            _write.init_zarr(self._template(grid), self.path, overwrite=True,
+                             before_publish=lambda p: Manifest(p).create(header, items))
+        elif header.get("fingerprint") != fp:
+            raise WriteError(f"resume: {self.path} was made for another grid or tiling "
+                             f"({header.get('grid')}, tile_size {header.get('tile_size')}) "
+                             f"than this spec gives ({info}, tile_size "
+                             f"{spec.runtime.tile_pixels}); use overwrite or another path")
+        return items, grid
+
+    def _new_items(self, items: Sequence[pystac.Item] | None) -> SearchResult:
+        out = self.spec.output
+        if not out.overwrite and not self.resume:
+            targets = {"zarr": self.path, "metadata": out.metadata_path,
+                       "report": report_path(out), **self.targets}
+            for name, p in targets.items():
+                if p is not None and os.path.lexists(p):
+                    raise WriteError(
+                        f"{p} already exists (output.{name}); pass --resume to continue an "
+                        "interrupted run into it, --overwrite (output.overwrite: true) to "
+                        "replace it, or choose another path")
+        found = search(self.spec) if items is None else (
+            items if isinstance(items, SearchResult) else SearchResult(items))
+        return self.product.select(found)
+
+    def _recorded_items(self, items: Sequence[pystac.Item] | None) -> SearchResult:
+        stored = self.manifest.items()
+        if items is not None and [i.id for i in items] != [i.id for i in stored]:
+            raise WriteError(f"resume: the items given differ from the {len(stored)} items "
+                             f"recorded in {self.path} when the run started; resume "
+                             "without passing items, or start again with overwrite")
+        return stored
+
+    def _resumable(self) -> dict[str, Any]:
+        """The manifest header of the store to resume, checked against this run's spec."""
+        if not self.manifest.exists():
+            raise WriteError(
+                f"resume: {self.path} exists but has no s2mosaic run manifest "
+                f"({self.manifest.path}): it was not written by s2mosaic.run; use overwrite to "
+                "replace it, or another output path")
+        header = self.manifest.header()
+        made = (header.get("product") or {}).get("kind", "mosaic")
+        if made != self.product.kind:
+            raise WriteError(f"resume: {self.path} holds a {made}, not a {self.product.kind}; "
+                             "resume it with the command that made it, or use overwrite / "
+                             "another output path")
+        diffs = spec_differences(header.get("spec", {}), pixel_spec(self.spec.to_dict()))
+        if diffs:
+            raise WriteError(
+                f"resume: {self.path} was made from a different spec, so its tiles would not "
+                f"match: {'; '.join(diffs[:6])}. Resume with the same spec (only output paths "
+                "and scheduling may change), or use overwrite / another output path")
+        return header
+
+    def _template(self, grid: TileGrid) -> xr.Dataset:
+        """A lazy dataset shaped like the store (its values never computed): the product's
+        variables over the whole grid, attributes from the product of the first tile with
+        items (less those describing that tile only)."""
+        names = self.product.names
+        attrs: dict[str, Any] = {}
+        var_attrs = {n: {"long_name": "number of valid observations"} if n == COUNT
+                     else {"nodata": 0} for n in names}
+        probe = next((t for t in grid.tiles if grid.touching(t)), None)
+        if probe is not None:
+            ds = self.product.build(grid.touching(probe), grid.context(probe)[0])
+            attrs = {k: v for k, v in ds.attrs.items() if k not in _TILE_ATTRS}
+            var_attrs = {n: dict(ds[n].attrs) for n in names}
+        data = {n: self.zeros(grid.gbox).assign_attrs(var_attrs[n]) for n in names}
+        return xr.Dataset(data, attrs=attrs)
+
+    def zeros(self, gbox: GeoBox) -> xr.DataArray:
+        """Lazy uint16 zeros on ``gbox``, chunked as the store (with its ``time`` axis)."""
+        plane = xr_zeros(gbox, dtype="uint16", chunks=(self.chunk, self.chunk))
+        time_coords = self.product.time
+        if time_coords is None:
+            return plane
+        steps = len(time_coords["time"])
+        data = da.zeros((steps, *gbox.shape.yx), dtype="uint16",
+                        chunks=(self.product.time_chunk, self.chunk, self.chunk))
+        coords: dict[str, Any] = {str(k): v for k, v in plane.coords.items()}
+        coords["time"] = time_coords["time"]
+        coords |= {k: ("time", v) for k, v in time_coords.items() if k != "time"}
+        return xr.DataArray(data, dims=("time", *plane.dims), coords=coords)
+
+    def finished(self, grid: TileGrid, compute: Callable[[list[Any]], list[Any]],
+                 ) -> dict[str, TileRecord]:
+        """The tiles recorded as finished whose chunks in the store still have the digest the
+        run recorded (the others are warned about, to be computed again)."""
+        done = self.manifest.finished()
+        by_key = {t.key: t for t in grid.tiles}
+        check = [by_key[k] for k in done if k in by_key]
+        verify = [dask.delayed(_write.read_digests, pure=False)(
+            str(self.path), self.product.names, t.y, t.x, self.chunk) for t in check]
+        good = {}
+        for t, digests in zip(check, compute(verify) if verify else [], strict=True):
+            if tile_digest(digests) == done[t.key].digest:
+                good[t.key] = done[t.key]
+            else:
+                warnings.warn(f"tile {t.key} in {self.path} does not match the digest its run "
+                              "recorded (changed or damaged on disk): computing it again",
+                              UserWarning, stacklevel=3)
+        return good
 
 
 class _Run:
-    """One run of a spec: the preparation, the tile loop, the products and the report."""
+    """One run of a product: its store (:class:`_Store`), the tile loop
+    (:class:`s2mosaic._tiles.TileLoop`), the exports and the report."""
 
-    def __init__(self, spec: MosaicSpec, resume: bool, progress: bool,
+    def __init__(self, spec: MosaicSpec, product: Product, resume: bool, progress: bool,
                  notify: Callable[[str, dict[str, Any]], None]) -> None:
-        out = spec.output
-        if out.zarr is None and out.cog is None:
-            raise WriteError("nothing to write: set output.zarr and/or output.cog in the spec")
-        if resume and out.overwrite:
-            raise WriteError("resume and overwrite exclude each other: resume continues the store "
-                             f"at {store_path(out)}, overwrite deletes it - choose one")
-        self.spec, self.resume, self.progress, self.notify = spec, resume, progress, notify
-        self.store = store_path(out)
-        self.scratch_store = out.zarr is None
-        self.manifest = Manifest(self.store)
-        self.names = [*spec.bands, COUNT]
+        self.out = _Store(spec, product, resume)
+        self.store = self.out.path
+        self.spec, self.product, self.resume, self.progress = spec, product, resume, progress
+        self.notify = notify
         self.chunk = spec.runtime.chunks
         self.t0 = time.time()
         self.stages: dict[str, float] = {}
-        self.counts = {"total": 0, "computed": 0, "resumed": 0, "empty": 0, "failed": 0,
-                       "retried": 0}
+        self.counts = dict.fromkeys(("total", "computed", "resumed", "empty", "failed",
+                                     "retried"), 0)
         self.failed: dict[str, str] = {}
         self.max_tasks = 0
         self.limit = 1
         self.bytes_read: int | None = None
         self.bytes_written: int | None = None
 
-    # -- the whole run ----------------------------------------------------------------------
     def execute(self, items: Sequence[pystac.Item] | None, client: Any) -> RunReport:
-        spec = self.spec
-        conn = make_client(spec.runtime, client=client)
+        conn = make_client(self.spec.runtime, client=client)
         with conn as c:
             self.client = c
             self.notify("cluster", {"dashboard": conn.dashboard_link, "client": c,
@@ -247,148 +475,42 @@ class _Run:
             if c is not None:
                 quiet_workers(c)
             quiet_rasterio()
-            self._prepare(items)
+            self.items, self.grid = self.out.open(items)
+            self.gbox = self.grid.gbox
+            self.observations = observation_count(self.items, self.spec)
             self.stages["search_s"] = round(time.time() - self.t0, 3)
             self.notify("search", {"items": self.items})
             todo = self._todo()
             self.limit = self._limit()
-            self.notify("plan", {"shape": tuple(self.gbox.shape.yx), "tiles": len(self.tiles),
+            self.notify("plan", {"shape": tuple(self.gbox.shape.yx), "tiles": len(self.grid.tiles),
                                  "todo": len(todo), "observations": self.observations,
-                                 "store": self.store, "limit": self.limit})
-            read0 = _bytes_read(c)
-            t1 = time.time()
+                                 "store": self.store, "limit": self.limit,
+                                 "kind": self.product.kind})
             self._run_tiles(todo)
-            self.stages["tiles_s"] = round(time.time() - t1, 3)
-            read1 = _bytes_read(c)
-            self.bytes_read = None if read0 is None or read1 is None else max(0, read1 - read0)
-            self.notify("tiles", {"counts": dict(self.counts), "failed": dict(self.failed)})
             if self.failed:
-                report = self._report({}, "failed")
-                keys = ", ".join(f"{k} ({v})" for k, v in list(self.failed.items())[:5])
-                raise RunError(
-                    f"{len(self.failed)} of {len(self.tiles)} tile(s) failed after "
-                    f"{spec.runtime.retries} retries: {keys}. Every other tile is written to "
-                    f"{self.store}; rerun with --resume (resume=True) to redo only the failed "
-                    f"ones. Report: {report_path(spec.output)}", report)
+                raise self._failure()
             t2 = time.time()
-            outputs = self._products()
+            outputs = self._exports()
             self.stages["products_s"] = round(time.time() - t2, 3)
         return self._report(outputs, "complete")
 
-    # -- preparation -------------------------------------------------------------------------
-    def _prepare(self, items: Sequence[pystac.Item] | None) -> None:
-        spec, out = self.spec, self.spec.output
-        resuming = self.resume and os.path.lexists(self.store)
-        if resuming:
-            header = self._check_resumable()
-            stored = self.manifest.items()
-            if items is not None and [i.id for i in items] != [i.id for i in stored]:
-                raise WriteError(f"resume: the items given differ from the {len(stored)} items "
-                                 f"recorded in {self.store} when the run started; resume "
-                                 "without passing items, or start again with overwrite")
-            self.items = stored
-        else:
-            if not out.overwrite and not self.resume:
-                targets = {"zarr": out.zarr, "cog": out.cog, "rgb": out.rgb,
-                           "metadata": out.metadata_path, "report": report_path(out)}
-                if self.scratch_store:
-                    targets["zarr"] = self.store
-                for name, p in targets.items():
-                    if p is not None and os.path.lexists(p):
-                        raise WriteError(
-                            f"{p} already exists (output.{name}); pass --resume to continue an "
-                            "interrupted run into it, --overwrite (output.overwrite: true) to "
-                            "replace it, or choose another path")
-            self.items = search(spec) if items is None else (
-                items if isinstance(items, SearchResult) else SearchResult(items))
-            self.items = apply_selection(spec, self.items)  # spec.select, once for all tiles
-        if out.rgb is not None:
-            missing = [b for b in out.rgb_bands if b not in spec.bands]
-            if missing:
-                raise WriteError(f"output.rgb_bands {list(out.rgb_bands)}: {missing} not in "
-                                 f"bands {list(spec.bands)}")
-        self.gbox = output_geobox(spec, self.items)
-        self.tiles = tiles(self.gbox, spec.runtime.tile_pixels)
-        self.counts["total"] = len(self.tiles)
-        self.halo = context_pixels(spec.mask, self.gbox)
-        self.aoi = spec.aoi.odc_geometry().to_crs(self.gbox.crs)
-        self.observations = observation_count(self.items, spec)
-        self.footprints = Footprints(self.items)
-        grid = _write._grid_info(self.gbox)
-        self.fingerprint = fingerprint(spec.to_dict(), grid, spec.runtime.tile_pixels,
-                                       [i.id for i in self.items])
-        if resuming:
-            if header.get("fingerprint") != self.fingerprint:
-                raise WriteError(f"resume: {self.store} was made for another grid or tiling "
-                                 f"({header.get('grid')}, tile_size {header.get('tile_size')}) "
-                                 f"than this spec gives ({grid}, tile_size "
-                                 f"{spec.runtime.tile_pixels}); use overwrite or another path")
-            return
-        header = {"fingerprint": self.fingerprint, "spec": pixel_spec(spec.to_dict()),
-                  "grid": grid, "tile_size": spec.runtime.tile_pixels, "chunks": self.chunk,
-                  "tiles": len(self.tiles), "halo": list(self.halo), "bands": self.names}
-        template = self._template()
-        _write.init_zarr(template, self.store, overwrite=True,
-                         before_publish=lambda p: Manifest(p).create(header, self.items))
-
-    def _check_resumable(self) -> dict[str, Any]:
-        if not self.manifest.exists():
-            raise WriteError(
-                f"resume: {self.store} exists but has no s2mosaic run manifest "
-                f"({self.manifest.path}): it was not written by s2mosaic.run; use overwrite to "
-                "replace it, or another output path")
-        header = self.manifest.header()
-        diffs = spec_differences(header.get("spec", {}), pixel_spec(self.spec.to_dict()))
-        if diffs:
-            raise WriteError(
-                f"resume: {self.store} was made from a different spec, so its tiles would not "
-                f"match: {'; '.join(diffs[:6])}. Resume with the same spec (only output paths "
-                "and scheduling may change), or use overwrite / another output path")
-        return header
-
-    def _template(self) -> xr.Dataset:
-        """A lazy dataset shaped like the store: the variables of a tile's mosaic, whole grid."""
-        attrs: dict[str, Any] = {}
-        var_attrs: dict[str, dict[str, Any]] = {n: {"nodata": 0} for n in self.spec.bands}
-        var_attrs[COUNT] = {"long_name": "number of valid observations"}
-        probe_tile = next((t for t in self.tiles if self._touching(t)[0]), None)
-        if probe_tile is not None:
-            probe = self._mosaic(probe_tile, self._touching(probe_tile)[0])
-            attrs = {k: v for k, v in probe.attrs.items() if k not in _TILE_ATTRS}
-            var_attrs = {n: dict(probe[n].attrs) for n in self.names}
-        data = {}
-        for n in self.names:
-            z = xr_zeros(self.gbox, dtype="uint16", chunks=(self.chunk, self.chunk))
-            data[n] = z.assign_attrs(var_attrs[n])
-        ds = xr.Dataset(data)
-        ds.attrs = attrs
-        return ds
+    def _failure(self) -> RunError:
+        report = self._report({}, "failed")
+        keys = ", ".join(f"{k} ({v})" for k, v in list(self.failed.items())[:5])
+        return RunError(
+            f"{len(self.failed)} of {len(self.grid.tiles)} tile(s) failed after "
+            f"{self.spec.runtime.retries} retries: {keys}. Every other tile is written to "
+            f"{self.store}; rerun with --resume (resume=True) to redo only the failed "
+            f"ones. Report: {report_path(self.spec.output)}", report)
 
     def _todo(self) -> list[Tile]:
-        """Tiles still to compute; finished ones are checked against their digests first."""
-        done = self.manifest.finished()
-        if not done:
-            return list(self.tiles)
-        by_key = {t.key: t for t in self.tiles}
-        check = [by_key[k] for k in done if k in by_key]
-        verify = [dask.delayed(_write.read_digests, pure=False)(
-            str(self.store), self.names, t.y, t.x, self.chunk) for t in check]
-        results = self._compute_all(verify)
-        good = set()
-        for t, digests in zip(check, results, strict=True):
-            if tile_digest(digests) == done[t.key].digest:
-                good.add(t.key)
-            else:
-                warnings.warn(f"tile {t.key} in {self.store} does not match the digest its run "
-                              "recorded (changed or damaged on disk): computing it again",
-                              UserWarning, stacklevel=2)
-        self.counts["resumed"] = len(good)
-        self.counts["empty"] = sum(1 for k in good if done[k].status == "empty")
-        return [t for t in self.tiles if t.key not in good]
+        """Tiles still to compute: all but the finished ones that check out."""
+        good = self.out.finished(self.grid, self._compute_all)
+        self.counts.update(total=len(self.grid.tiles), resumed=len(good),
+                           empty=sum(1 for r in good.values() if r.status == "empty"))
+        return [t for t in self.grid.tiles if t.key not in good]
 
     def _compute_all(self, objs: list[Any]) -> list[Any]:
-        if not objs:
-            return []
         if self.client is not None:
             return list(self.client.gather(self.client.compute(objs)))
         return list(dask.compute(*objs))
@@ -402,168 +524,62 @@ class _Run:
         per_tile = math.ceil(rt.tile_pixels / self.chunk) ** 2
         return max(1, math.ceil(threads / per_tile)) + 1
 
-    def _context(self, tile: Tile) -> tuple[GeoBox, slice, slice]:
-        """The tile plus the margin its masks need, within the output grid (the grid's edge is
-        the edge of the world for masks, as in a single-graph mosaic), and where the tile lies
-        in that box."""
-        (py, px), (h, w) = self.halo, self.gbox.shape.yx
-        y0, y1 = max(0, tile.y.start - py), min(h, tile.y.stop + py)
-        x0, x1 = max(0, tile.x.start - px), min(w, tile.x.stop + px)
-        inner = (slice(tile.y.start - y0, tile.y.stop - y0),
-                 slice(tile.x.start - x0, tile.x.stop - x0))
-        return self.gbox[y0:y1, x0:x1], inner[0], inner[1]
-
-    def _touching(self, tile: Tile) -> tuple[list[pystac.Item], GeoBox]:
-        """The items whose footprint touches the tile plus its mask margin, and that box."""
-        box = self._context(tile)[0]
-        if not self.aoi.intersects(box.extent):
-            return [], box
-        return self.footprints.touching(box), box
-
-    def _mosaic(self, tile: Tile, items: list[pystac.Item]) -> xr.Dataset:
-        box, ys, xs = self._context(tile)
-        ds = mosaic(self.spec, SearchResult(items), geobox=box)
-        if box.shape != tile.geobox.shape:
-            ds = ds.isel(y=ys, x=xs).chunk({"y": self.chunk, "x": self.chunk})
-        return ds
-
-    def _graph(self, tile: Tile) -> tuple[Any, int, int, bool]:
-        """The delayed writes of one tile, its task count, items used, and whether it is empty."""
-        t0 = time.time()
-        try:
-            return self._build(tile)
-        finally:
-            self.stages["graphs_s"] = round(self.stages.get("graphs_s", 0.0) + time.time() - t0, 3)
-
-    def _build(self, tile: Tile) -> tuple[Any, int, int, bool]:
-        items, _ = self._touching(tile)
-        if items:
-            ds = self._mosaic(tile, items)
-            arrays = [ds[n].data for n in self.names]
-            with keep_annotations(ds):
-                arrays = list(dask.optimize(*arrays))
-        else:
-            h, w = tile.geobox.shape.yx
-            arrays = [da.zeros((h, w), dtype="uint16", chunks=self.chunk) for _ in self.names]
-        writes = []
-        store = str(self.store)
-        for name, arr in zip(self.names, arrays, strict=True):
-            blocks = arr.to_delayed(optimize_graph=False)
-            ys = np.cumsum((0, *arr.chunks[0][:-1]))
-            xs = np.cumsum((0, *arr.chunks[1][:-1]))
-            for i, y0 in enumerate(ys):
-                for j, x0 in enumerate(xs):
-                    writes.append(dask.delayed(_write.write_block, pure=False)(
-                        blocks[i, j], store, name, tile.y.start + int(y0), tile.x.start + int(x0)))
-        graph = dask.delayed(list, pure=False)(writes)
-        # len(dict(...)): an HLG of delayed writes counts shared layers once per write.
-        return graph, len(dict(graph.__dask_graph__())), len(items), not items
-
-    def _record(self, p: _Pending, result: list[tuple[str, int, int, str, int]]) -> None:
-        rec = TileRecord(tile=p.tile.key, status="empty" if p.empty else "done",
-                         digest=tile_digest([r[:4] for r in result]), chunks=len(result),
-                         bytes=sum(r[4] for r in result), items=p.items,
-                         seconds=round(time.time() - p.started, 3), attempts=p.attempt + 1)
-        self.manifest.append(rec)
-        self.counts["computed"] += 1
-        self.counts["empty"] += p.empty
-
     def _run_tiles(self, todo: list[Tile]) -> None:
-        if not todo:
-            return
-        with _progress(self.progress, len(self.tiles), self.counts["resumed"]) as advance:
-            if self.client is None:
-                self._run_local(todo, advance)
-            else:
-                self._run_distributed(todo, advance)
+        loop = TileLoop(self.client, self.limit, self.spec.runtime.retries, self._tile_graph,
+                        self._record)
+        read0 = _bytes_read(self.client)
+        t1 = time.time()
+        with _progress(self.progress and bool(todo), len(self.grid.tiles),
+                       self.counts["resumed"]) as advance:
+            loop.run(todo, advance)
+        self.stages["tiles_s"] = round(time.time() - t1, 3)
+        self.stages["graphs_s"] = round(loop.graph_s, 3)
+        read1 = _bytes_read(self.client)
+        self.bytes_read = None if read0 is None or read1 is None else max(0, read1 - read0)
+        self.failed, self.max_tasks = loop.failed, loop.max_tasks
+        self.counts.update(retried=loop.retried, failed=len(loop.failed))
+        self.notify("tiles", {"counts": dict(self.counts), "failed": dict(self.failed)})
 
-    def _run_local(self, todo: list[Tile], advance: Callable[[], None]) -> None:
-        for tile in todo:
-            for attempt in range(self.spec.runtime.retries + 1):
-                graph, tasks, n_items, empty = self._graph(tile)
-                self.max_tasks = max(self.max_tasks, tasks)
-                p = _Pending(tile, attempt, time.time(), tasks, n_items, empty)
-                try:
-                    (result,) = dask.compute(graph)
-                except Exception as e:  # a tile's failure must not stop the others
-                    if attempt < self.spec.runtime.retries:
-                        self.counts["retried"] += 1
-                        continue
-                    self._fail(tile, e)
-                else:
-                    self._record(p, result)
-                break
-            advance()
+    def _tile_graph(self, tile: Tile) -> TileGraph:
+        """The delayed writes of one tile: its product on its context box, cut to the tile."""
+        items = self.grid.touching(tile)
+        ds = None
+        if items:
+            box = self.grid.context(tile)[0]
+            ds = self.grid.crop(self.product.build(items, box), tile, self.chunk,
+                                {"time": self.product.time_chunk} if self.product.time else {})
+        arrays = tile_arrays(ds, self.product.names, lambda: self.out.zeros(tile.geobox).data)
+        graph, tasks = block_writes(arrays, str(self.store), tile)
+        return TileGraph(graph, tasks, len(items), not items)
 
-    def _run_distributed(self, todo: list[Tile], advance: Callable[[], None]) -> None:
-        from distributed import as_completed
+    def _record(self, p: Pending, result: list[tuple[Any, ...]]) -> None:
+        rec = TileRecord(tile=p.tile.key, status="empty" if p.graph.empty else "done",
+                         digest=tile_digest([r[:-1] for r in result]), chunks=len(result),
+                         bytes=sum(r[-1] for r in result), items=p.graph.items,
+                         seconds=round(time.time() - p.started, 3), attempts=p.attempt + 1)
+        self.out.manifest.append(rec)
+        self.counts["computed"] += 1
+        self.counts["empty"] += p.graph.empty
 
-        client, limit = self.client, self.limit
-        queue: deque[tuple[Tile, int]] = deque((t, 0) for t in todo)
-        running: dict[Any, _Pending] = {}
-        done = as_completed(loop=client.loop)  # the given client, not a process default
-
-        def submit() -> None:
-            while queue and len(running) < limit:
-                tile, attempt = queue.popleft()
-                graph, tasks, n_items, empty = self._graph(tile)
-                future = client.compute(graph)
-                running[future] = _Pending(tile, attempt, time.time(), tasks, n_items, empty)
-                done.add(future)
-            self.max_tasks = max(self.max_tasks, sum(p.tasks for p in running.values()))
-
-        submit()
-        try:
-            for future in done:
-                p = running.pop(future)
-                try:
-                    result = future.result()
-                except Exception as e:  # a tile's failure must not stop the others
-                    if p.attempt < self.spec.runtime.retries:
-                        self.counts["retried"] += 1
-                        queue.appendleft((p.tile, p.attempt + 1))
-                    else:
-                        self._fail(p.tile, e)
-                        advance()
-                else:
-                    self._record(p, result)
-                    advance()
-                future.release()
-                submit()
-        finally:
-            for future in running:  # interrupted (Ctrl-C): leave nothing running for us
-                future.cancel()
-
-    def _fail(self, tile: Tile, error: BaseException) -> None:
-        self.failed[tile.key] = f"{type(error).__name__}: {error}"[:500]
-        self.counts["failed"] += 1
-
-    # -- products and report ------------------------------------------------------------------
-    def _products(self) -> dict[str, Path | None]:
+    # -- exports and report ---------------------------------------------------------------------
+    def _exports(self) -> dict[str, Path | None]:
         out = self.spec.output
-        c, replace = self.client, out.overwrite or self.resume
-        source = _write._open_zarr(self.store)[self.names]
-        written: dict[str, Path | None] = {"zarr": None if self.scratch_store else self.store,
-                                           "cog": None, "rgb": None}
-        with warnings.catch_warnings():
-            if out.cog is not None:
-                written["cog"] = _write.write_cog(source, out.cog, overwrite=replace, client=c,
-                                                  progress=self.progress)
-            if out.rgb is not None:
-                written["rgb"] = _write.write_rgb(source, out.rgb, out.rgb_bands, out.rgb_range,
-                                                  overwrite=replace, client=c,
-                                                  progress=self.progress)
+        source = _write.open_zarr(self.store)[self.product.names]
+        written: dict[str, Path | None] = {"zarr": None if self.out.scratch else self.store}
+        written |= self.product.exports(source, out, overwrite=out.overwrite or self.resume,
+                                        client=self.client, progress=self.progress)
         meta = out.metadata_path
         assert meta is not None
         written["metadata"] = meta
         prov = provenance(self.spec, self.items, self.gbox, self.observations, self.t0)
-        prov["tiling"] = {"tile_size": self.spec.runtime.tile_pixels, "tiles": len(self.tiles),
-                          "margin_px": list(self.halo), "store": str(self.store)}
-        record = _write.metadata_record(source, prov, written)
+        prov["tiling"] = {"tile_size": self.spec.runtime.tile_pixels,
+                          "tiles": len(self.grid.tiles), "margin_px": list(self.grid.halo),
+                          "store": str(self.store)}
+        record = self.product.record(prov, source, written)
         record["processing_time_s"] = round(time.time() - self.t0, 3)
         record["finished"] = dt.datetime.now(dt.UTC).isoformat()
         _write.write_metadata(meta, record)
-        if self.scratch_store:
+        if self.out.scratch:
             self.bytes_written = _du(self.store)
             shutil.rmtree(self.store, ignore_errors=True)
         return written
@@ -582,7 +598,7 @@ class _Run:
             status=status, tiles=dict(self.counts), failed_tiles=dict(self.failed),
             tile_size=spec.runtime.tile_pixels, max_tiles_in_flight=self.limit,
             max_tasks_in_flight=self.max_tasks, bytes_read=self.bytes_read,
-            bytes_written=self.bytes_written)
+            bytes_written=self.bytes_written, kind=self.product.kind)
         path = report_path(spec.output)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(report.to_json() + "\n")

@@ -2,15 +2,13 @@
 
 Both paths apply the same filters (AOI, period and months, ``eo:cloud_cover``, MGRS tile), drop
 reprocessed duplicates of one acquisition (keeping the newest processing baseline) and return
-items sorted by acquisition time. The BOA offset of each item (processing baseline ≥ 04.00) is
-worked out here, in one place, so the cube can put every item on one reflectance scale.
+items sorted by acquisition time. What each item's fields mean (datetime, MGRS tile, processing
+baseline) is read through :mod:`s2mosaic._items`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,24 +17,16 @@ from typing import Any
 import pystac
 import shapely.geometry
 
+from ._items import footprint, format_baseline, item_datetime, mgrs_tile, processing_baseline
 from ._spec import MosaicSpec, SourceSpec
 from .errors import EmptySearchError, SearchError
 
 __all__ = [
     "DroppedItem",
     "SearchResult",
-    "boa_offset",
     "dedupe",
-    "item_datetime",
-    "mgrs_tile",
     "search",
 ]
-
-_REFLECTANCE = re.compile(r"B(0[1-9]|1[0-2]|8A)")
-_REFLECTANCE_NAMES = {"coastal", "blue", "green", "red", "rededge", "nir", "nir08", "nir09",
-                      "cirrus", "swir16", "swir22"}
-_MGRS_IN_ID = re.compile(r"(?:^|_)T?(\d{2}[C-X][A-Z]{2})(?:_|$)")
-
 
 @dataclass(frozen=True)
 class DroppedItem:
@@ -212,7 +202,8 @@ def _filter(items: list[pystac.Item], q: _Query, spec: MosaicSpec) -> tuple[list
         if item.collection_id not in (None, src.collection):
             continue  # other collections in the same catalog are not "dropped", just not ours
         when = item_datetime(item)
-        if item.geometry is None or not shapely.geometry.shape(item.geometry).intersects(aoi):
+        fp = footprint(item)
+        if fp is None or not fp.intersects(aoi):
             continue
         if not spec.period.contains(when):
             continue
@@ -224,44 +215,9 @@ def _filter(items: list[pystac.Item], q: _Query, spec: MosaicSpec) -> tuple[list
             reason = f"MGRS tile {tile} not in source.mgrs_tiles {list(src.mgrs_tiles)}"
         if reason is None:
             kept.append(item)
-        elif item.geometry is not None:
+        else:
             dropped.append(DroppedItem(item.id, reason))
     return kept, dropped
-
-
-def item_datetime(item: pystac.Item) -> dt.datetime:
-    """The acquisition time of an item: ``datetime``, else ``start_datetime``."""
-    when = item.datetime or item.common_metadata.start_datetime
-    if when is None:
-        raise SearchError(f"item {item.id!r} has no datetime (nor start_datetime)")
-    return when
-
-
-def mgrs_tile(item: pystac.Item) -> str | None:
-    """The MGRS tile of an item (``"32TNS"``) from ``s2:mgrs_tile``, the mgrs/grid extensions or
-    the id; None when none says."""
-    p = item.properties
-    if p.get("s2:mgrs_tile"):
-        return str(p["s2:mgrs_tile"]).upper().removeprefix("T")
-    if {"mgrs:utm_zone", "mgrs:latitude_band", "mgrs:grid_square"} <= p.keys():
-        return f"{int(p['mgrs:utm_zone']):02d}{p['mgrs:latitude_band']}{p['mgrs:grid_square']}".upper()
-    code = p.get("grid:code", "")
-    if isinstance(code, str) and code.upper().startswith("MGRS-"):
-        return code[5:].upper()
-    m = _MGRS_IN_ID.search(item.id)
-    return m.group(1) if m else None
-
-
-def _baseline(item: pystac.Item) -> tuple[int, ...]:
-    p = item.properties
-    text = p.get("s2:processing_baseline") or p.get("processing:version") or ""
-    if not text:
-        m = re.search(r"_N(\d{2})(\d{2})_", str(p.get("s2:product_uri", "")) + "_" + item.id + "_")
-        text = f"{m.group(1)}.{m.group(2)}" if m else ""
-    try:
-        return tuple(int(x) for x in str(text).split("."))
-    except ValueError:
-        return ()
 
 
 def dedupe(items: Iterable[pystac.Item]) -> tuple[list[pystac.Item], list[DroppedItem]]:
@@ -279,7 +235,8 @@ def dedupe(items: Iterable[pystac.Item]) -> tuple[list[pystac.Item], list[Droppe
     kept: list[pystac.Item] = []
     dropped: list[DroppedItem] = []
     for group in groups.values():
-        group.sort(key=lambda i: (_baseline(i), str(i.properties.get("s2:generation_time", "")), i.id))
+        group.sort(key=lambda i: (processing_baseline(i),
+                                  str(i.properties.get("s2:generation_time", "")), i.id))
         best = group[-1]
         kept.append(best)
         for other in group[:-1]:
@@ -287,40 +244,6 @@ def dedupe(items: Iterable[pystac.Item]) -> tuple[list[pystac.Item], list[Droppe
                 reason = "listed more than once by the source"
             else:
                 reason = (f"reprocessed duplicate of {best.id} (baseline "
-                          f"{_fmt_baseline(other)} vs {_fmt_baseline(best)}; newest kept)")
+                          f"{format_baseline(other)} vs {format_baseline(best)}; newest kept)")
             dropped.append(DroppedItem(other.id, reason))
     return kept, dropped
-
-
-def _fmt_baseline(item: pystac.Item) -> str:
-    return ".".join(f"{x:02d}" for x in _baseline(item)) or "unknown"
-
-
-def boa_offset(item: pystac.Item, asset_key: str) -> int:
-    """The offset in DN to add to ``asset_key`` of ``item`` to reach reflectance × 10000.
-
-    Products with processing baseline ≥ 04.00 store DN = reflectance × 10000 + 1000 (ESA's
-    ``BOA_ADD_OFFSET`` of −1000). Decided in this order:
-
-    1. ``earthsearch:boa_offset_applied: true``: Earth Search already subtracted it → 0
-       (its ``raster:bands`` still lists −0.1, so the flag must win).
-    2. the asset's ``raster:bands[0].offset`` / ``scale`` when an offset is declared;
-    3. baseline ≥ 04.00 without any declaration (e.g. Planetary Computer) → −1000 for
-       reflectance bands (B01–B12, B8A, or their common names); AOT/WVP/SCL are not shifted;
-    4. otherwise 0.
-    """
-    if item.properties.get("earthsearch:boa_offset_applied") is True:
-        return 0
-    asset = item.assets.get(asset_key)
-    bands = (asset.extra_fields.get("raster:bands") if asset is not None else None) or []
-    if bands and isinstance(bands[0], dict) and "offset" in bands[0]:
-        offset = float(bands[0].get("offset") or 0.0)
-        scale = float(bands[0].get("scale") or 0.0001)
-        return round(offset / scale)
-    reflectance = (asset is not None and "reflectance" in (asset.roles or [])) or bool(
-        _REFLECTANCE.fullmatch(asset_key.upper()))
-    if asset is not None and not reflectance:
-        names = {str(b.get("common_name", "")) for b in asset.extra_fields.get("eo:bands") or []
-                 if isinstance(b, dict)}
-        reflectance = bool(names & _REFLECTANCE_NAMES)
-    return -1000 if reflectance and _baseline(item) >= (4, 0) else 0

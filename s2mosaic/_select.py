@@ -33,16 +33,15 @@ from pyproj import CRS, Transformer
 from shapely.geometry.base import BaseGeometry
 
 from ._aoi import AOI
-from ._cube import _solar_day
-from ._search import DroppedItem, SearchResult, item_datetime, mgrs_tile
+from ._items import footprint, item_datetime, mgrs_tile, solar_day
+from ._search import DroppedItem, SearchResult
 from ._spec import DEFAULT_SCL_INVALID, MosaicSpec, Period, SelectSpec
-from .errors import SearchError
+from .errors import ArgumentError, CoverageError, SearchError
 
 __all__ = [
     "COVERAGE_TOLERANCE",
     "GAIN_TIE_TOLERANCE",
     "ORDERS",
-    "CoverageError",
     "PeriodSelection",
     "SceneInfo",
     "Selection",
@@ -72,10 +71,6 @@ _SCL_PERCENTAGE = {
     10: "s2:thin_cirrus_percentage",
     11: "s2:snow_ice_percentage",
 }
-
-
-class CoverageError(SearchError):
-    """The scenes do not cover the AOI and ``select.require_full_coverage`` is set."""
 
 
 @dataclass(frozen=True)
@@ -223,10 +218,11 @@ class _Area:
         return shapely.transform(geom, fn)
 
     def footprint(self, item: pystac.Item) -> BaseGeometry:
-        if item.geometry is None:
+        fp = footprint(item)
+        if fp is None:
             raise SearchError(f"item {item.id!r} has no geometry; scene selection needs each "
                               "item's footprint (select.method: all does not)")
-        geom = shapely.make_valid(self.project(shapely.geometry.shape(item.geometry)))
+        geom = shapely.make_valid(self.project(fp))
         return geom.intersection(self.aoi)
 
 
@@ -292,10 +288,11 @@ def min_cover(items: Sequence[pystac.Item], aoi: AOI | BaseGeometry, *, max_obse
     (4, 1.0)
     """
     if order not in ORDERS:
-        raise ValueError(f"order {order!r} is not one of {list(ORDERS)}")
+        raise ArgumentError(f"min_cover: order {order!r} is not one of {list(ORDERS)}")
     if isinstance(max_observations, bool) or not isinstance(max_observations, int) \
             or max_observations < 1:
-        raise ValueError(f"max_observations {max_observations!r}: expected an integer >= 1")
+        raise ArgumentError(f"min_cover: max_observations {max_observations!r}: expected an "
+                            "integer >= 1")
     geom = aoi.geometry if isinstance(aoi, AOI) else aoi
     space = _Area(geom)
     chosen, infos, summary = _cover(list(items), space, max_observations, order, scl_classes,
@@ -409,7 +406,7 @@ def _keep_all(items: list[pystac.Item], space: _Area, depth: int, scl: Sequence[
 def _by_day(items: Sequence[pystac.Item]) -> dict[dt.date, list[pystac.Item]]:
     days: dict[dt.date, list[pystac.Item]] = {}
     for item in items:
-        days.setdefault(_solar_day(item), []).append(item)
+        days.setdefault(solar_day(item), []).append(item)
     return days
 
 
@@ -417,7 +414,7 @@ def _cover(items: list[pystac.Item], space: _Area, depth: int, order: str, scl: 
            period: Period | None) -> tuple[list[pystac.Item], dict[str, SceneInfo],
                                            PeriodSelection]:
     fps = {i.id: space.footprint(i) for i in items}
-    day_of = {i.id: _solar_day(i) for i in items}
+    day_of = {i.id: solar_day(i) for i in items}
     clear = {i.id: clear_fraction(i, scl) for i in items}
     eps = COVERAGE_TOLERANCE * space.area
     layers = _Layers(space.aoi, depth)

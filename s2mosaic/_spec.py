@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import yaml
 
 from ._aoi import AOI
+from ._crs import check_grid
 from ._validate import (
     Section,
     choice,
@@ -33,6 +34,7 @@ from .errors import SpecError
 
 __all__ = [
     "COMPOSITE_METHODS",
+    "DEFAULT_MAX_PIXELS",
     "DEFAULT_SCL_INVALID",
     "LOADERS",
     "MASK_METHODS",
@@ -90,6 +92,13 @@ LOADERS: tuple[str, ...] = ("odc-stac", "stackstac")
 MASK_METHODS: tuple[str, ...] = ("scl", "ocm", "ocm+scl", "s2cloudless", "none")
 #: Scene selection methods (:mod:`s2mosaic._select`).
 SELECT_METHODS: tuple[str, ...] = ("all", "min-cover")
+#: Default ``grid.max_pixels``: Asia (44.6 million km²) at 10 m, 4.46e11 pixels, rounded up. A
+#: larger grid is nearly always a resolution in the wrong units (metres given in degrees).
+DEFAULT_MAX_PIXELS = 450_000_000_000
+#: Pixel sizes that can be meant, by CRS unit: metres (0.1 m to 100 km) and degrees (1e-6°,
+#: about 0.1 m, to 1°). Other linear units (feet) are converted to metres first.
+RESOLUTION_RANGE_M: tuple[float, float] = (0.1, 100_000.0)
+RESOLUTION_RANGE_DEG: tuple[float, float] = (1e-6, 1.0)
 #: Inference dtypes of OmniCloudMask (GPU only: on a CPU it always runs in fp32).
 OCM_DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16")
 #: Environment variable naming the OmniCloudMask weights directory when ``mask.ocm_weights`` is
@@ -193,13 +202,18 @@ class GridSpec(Section):
     """The output pixel grid."""
 
     crs: str | None = None
-    """Output CRS (``"EPSG:32633"``, ``"EPSG:4326"``, WKT). None: the UTM zone of the AOI centre."""
+    """Output CRS (``"EPSG:32633"``, ``"EPSG:4326"``, WKT). None: the UTM zone of the AOI's
+    centre (zone 60 or 1 for an AOI across 180°, where geographic CRSs are refused)."""
     resolution: float | str = 10.0
-    """Pixel size in CRS units (metres for UTM, degrees for EPSG:4326), or ``"native"``: the pixel
-    grid (size and alignment) of the first item's reference band, e.g. to reproduce source pixels
-    exactly. With ``"native"`` and no ``crs``, the first item's CRS is used."""
+    """Pixel size in CRS units (metres for UTM: 0.1 to 100000; degrees for EPSG:4326: 1e-6 to
+    1), or ``"native"``: the pixel grid (size and alignment) of the first item's reference band,
+    e.g. to reproduce source pixels exactly. With ``"native"`` and no ``crs``, the first item's
+    CRS is used."""
     resampling: str = "nearest"
     """Resampling of reflectance bands onto the grid. Masks (SCL) always use nearest."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Largest output grid (pixels, rows × columns of the AOI's bbox in the CRS) a spec may ask
+    for; larger ones are refused at validation. Default 4.5e11: Asia at 10 m."""
 
     def __post_init__(self) -> None:
         if self.crs is not None:
@@ -211,16 +225,50 @@ class GridSpec(Section):
             from pyproj.exceptions import CRSError
 
             try:
-                CRS.from_user_input(self.crs)
+                crs = CRS.from_user_input(self.crs)
             except CRSError:
                 raise fail("crs", self.crs, "not a CRS pyproj understands; use e.g. 'EPSG:32633', "
                             "'EPSG:4326' or a WKT string") from None
+            if not (crs.is_geographic or crs.is_projected):
+                raise fail("crs", self.crs, "expected a 2D geographic or projected CRS such as "
+                            "'EPSG:32633' or 'EPSG:4326'")
         if self.resolution != "native":
             if isinstance(self.resolution, str):
                 raise fail("resolution", self.resolution,
                             "expected a positive number in CRS units or 'native'")
             self._set("resolution", number("resolution", self.resolution, low=0, low_open=True))
+            self._check_units()
         self._set("resampling", choice("resampling", self.resampling, RESAMPLING_METHODS))
+        self._set("max_pixels", number("max_pixels", self.max_pixels, low=1, integer=True))
+
+    def _check_units(self) -> None:
+        """A pixel size that cannot be meant in the CRS's units (degrees given in metres, or the
+        other way round) fails here, before a search or a 1-pixel (or 10^14-pixel) grid."""
+        res = float(self.resolution)
+        if self.crs is None:
+            crs_name, unit, factor = "the default UTM CRS", "metre", 1.0
+        else:
+            from pyproj import CRS
+
+            crs = CRS.from_user_input(self.crs)
+            axis = crs.axis_info[0] if crs.axis_info else None
+            crs_name = f"{self.crs}"
+            unit = axis.unit_name if axis is not None else "metre"
+            factor = axis.unit_conversion_factor if axis is not None else 1.0
+            if crs.is_geographic:
+                lo, hi = RESOLUTION_RANGE_DEG
+                if not lo <= res <= hi:
+                    raise fail("resolution", res, f"{crs_name} is in degrees: expected a pixel "
+                               f"size from {lo:g} to {hi:g} degrees (10 m is about 0.0001°), or "
+                               "a projected CRS (e.g. a UTM zone) for a size in metres")
+                return
+        lo, hi = RESOLUTION_RANGE_M
+        metres = res * factor
+        if not lo <= metres <= hi:
+            per = "" if factor == 1.0 else f" ({metres:g} m)"
+            raise fail("resolution", res, f"{crs_name}'s unit is the {unit}{per}: expected a pixel size "
+                       f"from {lo:g} to {hi:g} m (Sentinel-2 is 10 m); for a size in degrees use "
+                       "a geographic CRS such as EPSG:4326")
 
 
 @dataclass(frozen=True)
@@ -349,7 +397,7 @@ class SeriesSpec(Section):
 
     The cube is built once over ``period`` and each sub-period is composited from its own time
     slices, so every scene is read once per chunk however many sub-periods it falls in. Runs
-    with :func:`s2mosaic._timeseries.run_series` (``s2mosaic series spec.yaml``): one Zarr with a
+    with :func:`s2mosaic._timeseries_run.run_series` (``s2mosaic series spec.yaml``): one Zarr with a
     ``time`` dimension in ``output.zarr``, plus one COG / display product per sub-period when
     ``output.cog`` / ``output.rgb`` are set (named ``<stem>_<start date><suffix>``).
     """
@@ -690,6 +738,7 @@ class MosaicSpec(Section):
                         f"every display band must be one of bands {list(self.bands)}; "
                         f"missing {missing}")
         self.series.expand(self.period)  # explicit periods must lie within period
+        check_grid(self.aoi, self.grid.crs, self.grid.resolution, self.grid.max_pixels)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -708,7 +757,7 @@ class MosaicSpec(Section):
         require(cls, data, "")
         d = dict(data)
         if base_dir is not None:
-            d = _resolve_paths(d, Path(base_dir))
+            d = resolve_paths(d, Path(base_dir))
         return cls(**d)
 
     @classmethod
@@ -757,7 +806,10 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _resolve_paths(d: dict[str, Any], base: Path) -> dict[str, Any]:
+def resolve_paths(d: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``d`` (spec fields) with its relative paths (AOI file, static catalog, cluster profile,
+    OCM weights, outputs) taken relative to ``base``, the directory of the spec's file."""
+
     def rel(v: Any) -> Any:
         if (isinstance(v, str | Path) and str(v).strip()
                 and not str(v).startswith(("http://", "https://", "s3://", "gs://"))):

@@ -4,9 +4,11 @@ Everything here starts from the same masked cube as a mosaic (:func:`observation
 grid → lazy cube → ``valid_mask & aoi_mask``) and returns lazy ``(time, y, x)`` datasets:
 
 - :func:`series` - one composite per sub-period of ``spec.series.periods`` (monthly, quarterly,
-  every N days, an explicit list) from ONE cube over the whole period: each period selects its
-  time slices of the shared read tasks, so a scene is read once per chunk however many periods
-  it falls in. Each period equals the single-period :func:`s2mosaic.mosaic` of that period.
+  every N days, an explicit list). With ``select.method: all``, from ONE cube over the whole
+  period: each period selects its time slices of the shared read tasks, so a scene is read
+  once per chunk however many periods it falls in. With ``min-cover``, each period reads only
+  the scenes the selection picks for it (:func:`period_items`). Each period equals the
+  single-period :func:`s2mosaic.mosaic` of that period.
 - :func:`gapfill` - SpaceEye's temporal damped interpolation onto a daily (or every-N-day)
   grid, solved exactly (:func:`s2mosaic._timeseries_kernels.smooth`) in overlapping windows,
   with optional per-date illumination normalisation.
@@ -15,19 +17,16 @@ grid → lazy cube → ``valid_mask & aoi_mask``) and returns lazy ``(time, y, x
   :func:`normalized_difference` / :func:`with_indices` add NDVI, NDWI or any normalised
   difference, lazily.
 
-:func:`run_series` and :func:`run_gapfill` run a spec end to end and write one Zarr with a
-``time`` dimension (:func:`s2mosaic._write.write_series_zarr`), like :func:`s2mosaic._run`.
+:func:`s2mosaic._timeseries_run.run_series` and :func:`~s2mosaic._timeseries_run.run_gapfill`
+run a spec end to end through the tiled runner of :func:`s2mosaic.run`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import dask
@@ -38,13 +37,12 @@ import xarray as xr
 from dask.array.utils import meta_from_array
 from odc.geo.geobox import GeoBox
 
-from ._cluster import keep_annotations, make_client, quiet_rasterio, quiet_workers
-from ._cube import load_cube
 from ._grid import aoi_mask, output_geobox
-from ._pipeline import PROVENANCE_ATTR, provenance
-from ._run import RunReport
-from ._search import search
-from ._spec import MosaicSpec
+from ._items import item_datetime
+from ._pipeline import masked_cube, provenance
+from ._search import SearchResult, search
+from ._select import apply_selection, select
+from ._spec import MosaicSpec, Period
 from ._timeseries_kernels import (
     array_module,
     daily_windows,
@@ -55,10 +53,9 @@ from ._timeseries_kernels import (
     to_reflectance,
 )
 from ._validate import fail, number
-from ._write import write_cog, write_metadata, write_rgb, write_series_zarr
+from ._write import COUNT, PROVENANCE_ATTR
 from .composite import composite
-from .errors import DataError, WriteError
-from .masks import MaskContext, valid_mask
+from .errors import ArgumentError, DataError, UnknownNameError
 
 __all__ = [
     "INDICES",
@@ -69,8 +66,7 @@ __all__ = [
     "interpolate",
     "normalized_difference",
     "observations",
-    "run_gapfill",
-    "run_series",
+    "period_items",
     "series",
     "smooth",
     "smooth_fixed_point",
@@ -95,7 +91,7 @@ MIN_CLEAR_FOR_ILLUMINANCE = 0.01
 _PIXEL_BLOCK = 32768
 #: Days per Zarr/Dask chunk of gap-filled and resampled outputs (a split of each task's block:
 #: no data moves between tasks).
-_TIME_CHUNK = 16
+TIME_CHUNK = 16
 
 
 # --------------------------------------------------------------------------- parameters
@@ -170,9 +166,8 @@ def observations(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None) -
     if items is None:
         items = search(spec)
     gbox = output_geobox(spec, items)
-    cube = load_cube(items, spec, gbox)
+    cube, valid = masked_cube(spec, items, gbox)
     aoi = aoi_mask(gbox, spec.aoi, spec.runtime.chunks)
-    valid = valid_mask(cube, spec.bands, spec.mask, MaskContext(geobox=gbox)) & aoi
     return Observations(cube[list(spec.bands)], valid, aoi, items, gbox)
 
 
@@ -183,12 +178,23 @@ def _dates(cube: xr.Dataset | xr.DataArray) -> list[dt.datetime]:
 # --------------------------------------------------------------------------- series
 
 
-def series(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None) -> xr.Dataset:
+def series(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
+           geobox: GeoBox | None = None) -> xr.Dataset:
     """One composite per sub-period of ``spec.series.periods``, stacked along ``time``.
 
-    The cube is loaded once over ``spec.period``; an observation belongs to every sub-period
-    that contains its acquisition time. A sub-period without observations is nodata with
-    ``count`` 0.
+    With ``select.method: all`` the cube is loaded once over ``spec.period`` and an observation
+    belongs to every sub-period that contains its acquisition time. With ``min-cover`` each
+    period composites only the scenes :func:`period_items` selects for it (each period loads
+    its own). A sub-period without observations is nodata with ``count`` 0.
+
+    Parameters
+    ----------
+    spec
+        What to composite; ``series.periods`` splits ``period``.
+    items
+        Items to select from (default: :func:`s2mosaic.search` of ``spec``).
+    geobox
+        Override the output grid (default: :func:`s2mosaic._grid.output_geobox`).
 
     Returns
     -------
@@ -203,33 +209,107 @@ def series(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None) -> xr.D
     >>> s.red.sel(time="2024-06").compute()  # doctest: +SKIP
     """
     started = time.time()
-    periods = spec.series.expand(spec.period) or [spec.period]
-    obs = observations(spec, items)
-    dates = _dates(obs.cube)
-    c = spec.composite
-    members = [[i for i, d in enumerate(dates) if p.contains(d)] for p in periods]
-    if not any(members):
+    periods = series_periods(spec)
+    if items is None:
+        items = search(spec)
+    picks = period_items(spec, items)
+    used = items if picks is None else union(items, picks)
+    gbox = geobox or output_geobox(spec, used)
+    out, dates = period_composites(spec, used, picks, gbox)
+    if not any(dates):
         raise DataError(f"no observation falls in any of the {len(periods)} series periods "
-                        f"(series.periods {spec.series.periods!r}); observations are on "
-                        f"{sorted({d.date().isoformat() for d in dates})}")
-    parts: list[xr.Dataset | None] = [
-        composite(obs.cube.isel(time=idx), obs.valid.isel(time=idx), method=c.method, q=c.q,
-                  min_observations=c.min_observations) if idx else None
-        for idx in members]
-    template = next(p for p in parts if p is not None)
+                        f"(series.periods {spec.series.periods!r}); scenes are dated "
+                        f"{sorted({item_datetime(i).date().isoformat() for i in items})}")
+    n_obs = len({d for ds in dates for d in ds}) if picks is None else sum(map(len, dates))
+    prov = provenance(spec, used, gbox, n_obs, started)
+    prov["series"] = [
+        {"start": p.start.isoformat(), "end": p.end.isoformat(), "observations": len(ds),
+         "dates": [d.isoformat() for d in ds]}
+        for p, ds in zip(periods, dates, strict=True)]
+    out.attrs[PROVENANCE_ATTR] = prov
+    return out
+
+
+def series_periods(spec: MosaicSpec) -> list[Period]:
+    """The periods of a series: ``spec.series.periods`` over ``spec.period``, else the period."""
+    return spec.series.expand(spec.period) or [spec.period]
+
+
+def period_items(spec: MosaicSpec, items: Sequence[pystac.Item],
+                 ) -> list[list[pystac.Item]] | None:
+    """The scenes each period of a series composites, chosen once for the whole AOI.
+
+    With ``select.method: min-cover``, per period the scenes :func:`s2mosaic.select` picks
+    among that period's items. None with ``all``: every period takes its observations from one
+    cube of all ``items`` (``select.require_full_coverage`` is still checked).
+    """
+    if spec.select.method == "all":
+        apply_selection(spec, items)  # raises when require_full_coverage is not met
+        return None
+    return [list(select(spec.replace(period=p, series={}), items))
+            for p in series_periods(spec)]
+
+
+def union(items: Sequence[pystac.Item], picks: Sequence[Sequence[pystac.Item]]) -> SearchResult:
+    """The items picked for any period, in the order of ``items`` (with its search record)."""
+    chosen = {i.id for pick in picks for i in pick}
+    return SearchResult([i for i in items if i.id in chosen], getattr(items, "dropped", []),
+                        getattr(items, "query", None))
+
+
+def period_composites(spec: MosaicSpec, items: Sequence[pystac.Item],
+                      picks: Sequence[Sequence[pystac.Item]] | None, gbox: GeoBox,
+                      ) -> tuple[xr.Dataset, list[list[dt.datetime]]]:
+    """The lazy series on ``gbox`` and the observation times each period used.
+
+    ``picks`` as :func:`period_items` gives (None: one cube of ``items`` shared by the
+    periods). A run tile passes the items and picks that touch it.
+    """
+    c = spec.composite
+    periods = series_periods(spec)
+
+    def reduce(cube: xr.Dataset, valid: xr.DataArray) -> xr.Dataset:
+        return composite(cube[list(spec.bands)], valid, method=c.method, q=c.q,
+                         min_observations=c.min_observations)
+
+    parts: list[xr.Dataset | None] = []
+    dates: list[list[dt.datetime]] = []
+    if picks is None:
+        cube, valid = masked_cube(spec, items, gbox)
+        when = _dates(cube)
+        for p in periods:
+            idx = [i for i, d in enumerate(when) if p.contains(d)]
+            parts.append(reduce(cube.isel(time=idx), valid.isel(time=idx)) if idx else None)
+            dates.append([when[i] for i in idx])
+    else:
+        for chosen in picks:
+            if not chosen:
+                parts.append(None)
+                dates.append([])
+                continue
+            cube, valid = masked_cube(spec, chosen, gbox)
+            parts.append(reduce(cube, valid))
+            dates.append(_dates(cube))
+    return _stack_periods(spec, periods, parts, gbox), dates
+
+
+def _stack_periods(spec: MosaicSpec, periods: Sequence[Period],
+                   parts: Sequence[xr.Dataset | None], gbox: GeoBox) -> xr.Dataset:
+    """The period composites along ``time``; nodata (``count`` 0) for periods without one."""
+    template = next((p for p in parts if p is not None), None)
+    if template is None:
+        from odc.geo.xr import xr_zeros
+
+        chunk = spec.runtime.chunks
+        template = xr.Dataset({n: xr_zeros(gbox, dtype="uint16", chunks=(chunk, chunk))
+                               for n in [*spec.bands, COUNT]})
     filled = [p if p is not None else xr.zeros_like(template) for p in parts]
     starts = np.array([np.datetime64(p.start, "ns") for p in periods])
     out = xr.concat(filled, dim=xr.DataArray(starts, dims=_TIME, name=_TIME), coords="minimal",
                     compat="override", combine_attrs="override")
     out = out.assign_coords(period_end=(_TIME, np.array([np.datetime64(p.end, "ns")
                                                          for p in periods])))
-    prov = provenance(spec, obs.items, obs.geobox, obs.cube.sizes[_TIME], started)
-    prov["series"] = [
-        {"start": p.start.isoformat(), "end": p.end.isoformat(), "observations": len(idx),
-         "dates": [dates[i].isoformat() for i in idx]}
-        for p, idx in zip(periods, members, strict=True)]
     out.attrs = {k: v for k, v in template.attrs.items() if k != PROVENANCE_ATTR}
-    out.attrs[PROVENANCE_ATTR] = prov
     return out
 
 
@@ -313,7 +393,8 @@ def _day_grid(cube: xr.Dataset, start: dt.date | str | None, end: dt.date | str 
     first = _as_date(start, "start") if start is not None else dates[0].date()
     last = _as_date(end, "end") if end is not None else dates[-1].date()
     if last < first:
-        raise ValueError(f"end {last} is before start {first}")
+        raise ArgumentError(f"end {last} is before start {first}; give an end on or after the "
+                            "start (or leave either out to use the cube's first/last date)")
     return first, (last - first).days + 1, [(d.date() - first).days for d in dates]
 
 
@@ -325,7 +406,7 @@ def _as_date(v: dt.date | str, name: str) -> dt.date:
     try:
         return dt.date.fromisoformat(str(v))
     except ValueError:
-        raise ValueError(f"{name}={v!r}: expected an ISO date such as '2024-05-01'") from None
+        raise ArgumentError(f"{name}={v!r}: expected an ISO date such as '2024-05-01'") from None
 
 
 def gapfill(cube: xr.Dataset, valid: xr.DataArray, params: GapFill | None = None, *,
@@ -362,17 +443,55 @@ def gapfill(cube: xr.Dataset, valid: xr.DataArray, params: GapFill | None = None
     >>> obs = observations(spec)  # doctest: +SKIP
     >>> daily = gapfill(obs.cube, obs.valid, GapFill(step=1), start="2024-05-01")  # doctest: +SKIP
     """
-    p = params or GapFill()
-    names, space = _check(cube, valid)
+    return gapfill_with(cube, valid, params or GapFill(), start, end)
+
+
+#: Illumination per observation and band, and per output day and band: ``(obs, day)``.
+Illuminance = tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]
+
+
+def gapfill_days(cube: xr.Dataset, params: GapFill, start: dt.date | str | None,
+                 end: dt.date | str | None) -> tuple[dt.date, int, list[int], list[int]]:
+    """The day grid of :func:`gapfill`: its first day, number of days, the indices of the
+    observations on it (the others are not used) and the output days."""
     first, n_days, obs_day = _day_grid(cube, start, end)
     keep = [i for i, d in enumerate(obs_day) if 0 <= d < n_days]
+    return first, n_days, keep, list(range(0, n_days, params.step))
+
+
+def _kept_days(cube: xr.Dataset, first: dt.date, keep: list[int]) -> list[int]:
+    dates = _dates(cube)
+    return [(dates[i].date() - first).days for i in keep]
+
+
+def gapfill_illuminance(cube: xr.Dataset, valid: xr.DataArray, params: GapFill,
+                        start: dt.date | str | None, end: dt.date | str | None,
+                        ) -> tuple[list[int], Illuminance]:
+    """The illumination :func:`gapfill` normalises by (computed now), with the indices of the
+    observations of ``cube`` it gives a value for (those on the day grid)."""
+    names, _ = _check(cube, valid)
+    first, n_days, keep, out_days = gapfill_days(cube, params, start, end)
+    illum = _illuminance(cube.isel(time=keep), valid.isel(time=keep), names,
+                         _kept_days(cube, first, keep), out_days, n_days, params.damping)
+    return keep, illum
+
+
+def gapfill_with(cube: xr.Dataset, valid: xr.DataArray, p: GapFill,
+                 start: dt.date | str | None, end: dt.date | str | None,
+                 illuminance: Illuminance | None = None) -> xr.Dataset:
+    """:func:`gapfill`, normalised (``p.normalise``) by the given illumination of the
+    observations on the day grid: a run tile takes it from the whole AOI's, computed once."""
+    names, space = _check(cube, valid)
+    first, n_days, keep, out_days = gapfill_days(cube, p, start, end)
+    obs_day = _kept_days(cube, first, keep)
     cube, valid = cube.isel(time=keep), valid.isel(time=keep)
-    obs_day = [obs_day[i] for i in keep]
-    out_days = list(range(0, n_days, p.step))
     illum_obs = illum_day = None
     if p.normalise:
-        illum_obs, illum_day = _illuminance(cube, valid, names, obs_day, out_days, n_days,
-                                            p.damping)
+        illum_obs, illum_day = illuminance or _illuminance(cube, valid, names, obs_day,
+                                                           out_days, n_days, p.damping)
+        if any(len(b) != len(obs_day) for b in illum_obs):
+            raise DataError(f"illumination given for {len(illum_obs[0])} observation(s), the "
+                            f"cube has {len(obs_day)} on the day grid: they must match")
     task = _GapFillChunk(tuple(obs_day), tuple(out_days),
                          tuple(daily_windows(n_days, p.duration, p.overlap)), p.damping,
                          illum_obs, illum_day)
@@ -522,8 +641,9 @@ def normalized_difference(ds: xr.Dataset, a: str, b: str, name: str | None = Non
     """
     for band in (a, b):
         if band not in ds.data_vars:
-            raise KeyError(f"band {band!r} is not in the dataset (variables: "
-                           f"{[str(v) for v in ds.data_vars]}); name bands as in spec.bands")
+            raise UnknownNameError(f"band {band!r} is not in the dataset (variables: "
+                                   f"{[str(v) for v in ds.data_vars]}); name bands as in "
+                                   "spec.bands")
     va, vb = ds[a].astype("float32"), ds[b].astype("float32")
     ok = (ds[a] != 0) & (ds[b] != 0)
     out = ((va - vb) / (va + vb)).where(ok)
@@ -541,8 +661,9 @@ def with_indices(ds: xr.Dataset, indices: Sequence[str] | Mapping[str, tuple[str
     else:
         for n in indices:
             if n.lower() not in INDICES:
-                raise KeyError(f"unknown index {n!r}; named indices are {sorted(INDICES)}, or "
-                               "pass {name: (band_a, band_b)} for (a - b) / (a + b)")
+                raise UnknownNameError(f"unknown index {n!r}; named indices are "
+                                       f"{sorted(INDICES)}, or pass {{name: (band_a, band_b)}} "
+                                       "for (a - b) / (a + b)")
             pairs[n.lower()] = INDICES[n.lower()]
     return ds.assign({n: normalized_difference(ds, a, b, n) for n, (a, b) in pairs.items()})
 
@@ -553,12 +674,14 @@ def with_indices(ds: xr.Dataset, indices: Sequence[str] | Mapping[str, tuple[str
 def _check(cube: xr.Dataset, valid: xr.DataArray) -> tuple[list[str], tuple[str, ...]]:
     names = [str(n) for n in cube.data_vars]
     if not names:
-        raise ValueError("cube has no band variables")
+        raise ArgumentError("cube has no band variables; it needs one (time, y, x) variable "
+                            "per band")
     dims = cube[names[0]].dims
     if len(dims) != 3 or dims[0] != _TIME:
-        raise ValueError(f"cube[{names[0]!r}] has dims {dims}; expected ('time', y, x)")
+        raise ArgumentError(f"cube[{names[0]!r}] has dims {dims}; expected ('time', y, x)")
     if valid.dims != dims or valid.dtype != np.bool_:
-        raise ValueError(f"valid must be boolean with dims {dims}; got {valid.dtype} {valid.dims}")
+        raise ArgumentError(f"valid must be boolean with dims {dims}; got {valid.dtype} "
+                            f"{valid.dims}")
     return names, tuple(str(d) for d in dims[1:])
 
 
@@ -593,116 +716,7 @@ def _assemble(cube: xr.Dataset, names: list[str], space: tuple[str, ...], stacke
         encoding = {k: v for k, v in src.encoding.items() if k == "grid_mapping"}
         values = stacked[i]
         if isinstance(values, da.Array):
-            values = values.rechunk({0: _TIME_CHUNK})
+            values = values.rechunk({0: TIME_CHUNK})
         out[name] = xr.Variable((_TIME, *space), values, attrs=attrs, encoding=encoding)
     out.attrs = {k: v for k, v in cube.attrs.items() if k not in ("boa_offsets", "mask_bands")}
     return out
-
-
-# --------------------------------------------------------------------------- runs
-
-
-def run_series(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None,
-               client: Any = None, progress: bool = False) -> RunReport:
-    """Build :func:`series` of ``spec`` and write it: one Zarr with a ``time`` dimension in
-    ``output.zarr``, one COG / display product per period where ``output.cog`` /
-    ``output.rgb`` are set (``<stem>_<period start><suffix>``), and the provenance sidecar.
-
-    Examples
-    --------
-    >>> report = run_series(MosaicSpec.from_yaml("monthly.yaml"))  # doctest: +SKIP
-    >>> report.outputs["zarr"]  # doctest: +SKIP
-    'out/monthly.zarr'
-    """
-    periods = spec.series.expand(spec.period) or [spec.period]
-    return _run(spec, items, client, progress, "series", lambda its: series(spec, its),
-                [p.start for p in periods])
-
-
-def run_gapfill(spec: MosaicSpec, params: GapFill | None = None, *,
-                items: Sequence[pystac.Item] | None = None, client: Any = None,
-                progress: bool = False) -> RunReport:
-    """Gap-fill ``spec.period`` (:func:`gapfill`) and write the daily (or every-N-day) rasters
-    to ``output.zarr`` (one Zarr with a ``time`` dimension) with the provenance sidecar."""
-    p = params or GapFill()
-
-    def build(its: Sequence[pystac.Item] | None) -> xr.Dataset:
-        started = time.time()
-        obs = observations(spec, its)
-        out = gapfill(obs.cube, obs.valid, p, start=spec.period.start, end=spec.period.end)
-        prov = provenance(spec, obs.items, obs.geobox, obs.cube.sizes[_TIME], started)
-        prov["gapfill"] = dataclasses.asdict(p) | {
-            "objective": "sum_t m_t (x_t - a_t)^2 + damping * sum_t (x_{t+1} - x_t)^2, solved "
-                         "exactly (tridiagonal) per window; each day from its most central "
-                         "window; no clear observation in a window: nodata"}
-        out.attrs[PROVENANCE_ATTR] = prov
-        return out
-
-    return _run(spec, items, client, progress, "gapfill", build, [])
-
-
-def _run(spec: MosaicSpec, items: Sequence[pystac.Item] | None, client: Any, progress: bool,
-         kind: str, build: Callable[[Sequence[pystac.Item] | None], xr.Dataset],
-         per_period: list[dt.date]) -> RunReport:
-    t0 = time.time()
-    out = spec.output
-    if out.zarr is None:
-        raise WriteError(f"a {kind} is written to one Zarr store with a time dimension: set "
-                         "output.zarr in the spec")
-    extra = {f"{kind}[{d.isoformat()}]:{k}": _dated(p, d) for d in per_period
-             for k, p in (("cog", out.cog), ("rgb", out.rgb)) if p is not None}
-    targets: dict[str, Path | None] = {"zarr": out.zarr, "metadata": out.metadata_path, **extra}
-    if not per_period and (out.cog is not None or out.rgb is not None):
-        raise WriteError(f"a {kind} writes only output.zarr (one store, one raster per day); "
-                         "remove output.cog / output.rgb or export single dates from the Zarr")
-    for field, path in targets.items():
-        if path is not None and path.exists() and not out.overwrite:
-            raise WriteError(f"{path} already exists (output.{field}); pass `output.overwrite: "
-                             "true` to replace it, or choose another path")
-    stages: dict[str, float] = {}
-    with make_client(spec.runtime, client=client) as c:
-        if c is not None:
-            quiet_workers(c)
-        if items is None:
-            items = search(spec)
-        stages["search_s"] = round(time.time() - t0, 3)
-        t1 = time.time()
-        ds = build(items)
-        prov: dict[str, Any] = dict(ds.attrs.pop(PROVENANCE_ATTR))
-        stages["graph_s"] = round(time.time() - t1, 3)
-        t2 = time.time()
-        with keep_annotations(ds):
-            quiet_rasterio()
-            zarr = write_series_zarr(ds, out.zarr, overwrite=out.overwrite, client=c,
-                                            progress=progress)
-        written: dict[str, str | None] = {"zarr": str(zarr)}
-        stored = xr.open_zarr(zarr, mask_and_scale=False)
-        for i, d in enumerate(per_period):
-            one = stored[[str(n) for n in ds.data_vars]].isel(time=i, drop=True)
-            if out.cog is not None:
-                written[f"cog[{d.isoformat()}]"] = str(write_cog(
-                    one, _dated(out.cog, d), overwrite=out.overwrite, client=c))
-            if out.rgb is not None:
-                written[f"rgb[{d.isoformat()}]"] = str(write_rgb(
-                    one, _dated(out.rgb, d), out.rgb_bands, out.rgb_range,
-                    overwrite=out.overwrite, client=c))
-        stages["compute_write_s"] = round(time.time() - t2, 3)
-        meta = out.metadata_path
-        assert meta is not None  # output.zarr is set
-        prov.update(outputs=written, kind=kind, times=[str(t) for t in ds[_TIME].values],
-                    processing_time_s=round(time.time() - t2, 3),
-                    finished=dt.datetime.now(dt.UTC).isoformat())
-        write_metadata(meta, json.loads(json.dumps(prov, default=str)))
-        written["metadata"] = str(meta)
-    return RunReport(product=spec.name, items=len(items),
-                     dropped=len(prov.get("dropped_items", [])),
-                     observations=int(prov.get("observations", 0)),
-                     shape=(int(ds.sizes[ds.odc.spatial_dims[0]]),
-                            int(ds.sizes[ds.odc.spatial_dims[1]])),
-                     crs=str(ds.odc.crs), outputs=written, wall_time_s=round(time.time() - t0, 3),
-                     stages_s=stages)
-
-
-def _dated(path: Path, day: dt.date) -> Path:
-    """``out/m.tif`` → ``out/m_2024-05-01.tif``."""
-    return path.with_name(f"{path.stem}_{day.isoformat()}{path.suffix}")

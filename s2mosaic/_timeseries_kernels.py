@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ArgumentError
+
 __all__ = [
     "Window",
     "array_module",
@@ -80,7 +82,7 @@ def solve_smoother(rhs: Any, weights: Any, damping: float) -> Any:
     xp = array_module(rhs, weights)
     lam = float(damping)
     if not lam > 0:
-        raise ValueError(f"damping must be > 0 (lambda of the smoother); got {damping!r}")
+        raise ArgumentError(f"damping must be > 0 (lambda of the smoother); got {damping!r}")
     n = rhs.shape[0]
     shape = rhs.shape
     w = weights.astype(xp.float64, copy=False)
@@ -153,8 +155,8 @@ def smooth(values: Any, weights: Any, damping: float = 0.1) -> Any:
     w = xp.asarray(weights, dtype=xp.float64)
     a = xp.asarray(values, dtype=xp.float64)
     if w.shape[0] != a.shape[0]:
-        raise ValueError(f"weights have {w.shape[0]} time steps, values {a.shape[0]}; they must "
-                         "share axis 0")
+        raise ArgumentError(f"weights have {w.shape[0]} time steps, values {a.shape[0]}; they must "
+                            "share axis 0")
     return solve_smoother(a * w, w, damping)
 
 
@@ -223,11 +225,11 @@ def daily_windows(n_days: int, duration: int = 48, overlap: float = 0.5) -> list
     [(0, 48, 0, 36), (24, 72, 36, 60), (48, 96, 60, 84), (72, 120, 84, 120)]
     """
     if n_days < 1:
-        raise ValueError(f"n_days must be >= 1; got {n_days}")
+        raise ArgumentError(f"n_days must be >= 1; got {n_days}")
     if duration < 1:
-        raise ValueError(f"duration must be >= 1 day; got {duration}")
+        raise ArgumentError(f"duration must be >= 1 day; got {duration}")
     if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1); got {overlap}")
+        raise ArgumentError(f"overlap must be in [0, 1); got {overlap}")
     if n_days <= duration:
         return [Window(0, n_days, 0, n_days)]
     stride = max(1, round(duration * (1 - overlap)))

@@ -12,7 +12,9 @@ import datetime as dt
 import json
 import os
 import shutil
+import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,16 +34,21 @@ from pyproj.enums import WktVersion
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from ._cluster import keep_annotations, quiet_rasterio, quiet_workers
 from ._spec import OutputSpec
 from .errors import WriteError
 
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["WriteResult", "export_cog", "export_tiles", "init_zarr", "metadata_record", "read_digests",
-           "stretch_rgb", "write", "write_block", "write_cog", "write_metadata", "write_rgb",
+__all__ = ["PROVENANCE_ATTR", "WriteResult", "export_cog", "export_tiles", "grid_info",
+           "init_zarr", "metadata_record", "open_zarr", "read_digests", "stretch_rgb", "write",
+           "write_block", "write_cog", "write_metadata", "write_products", "write_rgb",
            "write_series_zarr", "write_zarr"]
 
+#: Dataset attribute under which :func:`s2mosaic.mosaic` hands its provenance record to
+#: :func:`write` (which pops it: it goes to the metadata sidecar, not into the product).
+PROVENANCE_ATTR = "s2mosaic_provenance"
 NODATA = 0
 COUNT = "count"
 #: Largest PNG display product (pixels); beyond this write a ``.tif`` display COG instead.
@@ -66,33 +73,70 @@ class WriteResult:
 
 def write(mosaic: xr.Dataset, output: OutputSpec, *, provenance: Mapping[str, Any] | None = None,
           client: Client | None = None, progress: bool = False) -> WriteResult:
-    """Write every product that ``output`` asks for, computing the mosaic graph once.
+    """Compute a mosaic and write every product ``output`` asks for, as one graph.
 
-    Order: Zarr (computes the graph), then COG and RGB read back from the Zarr store; without a
-    Zarr the COG computes the graph and the RGB is read from the COG. All target paths are checked
-    before anything is computed, so an existing path fails fast instead of after hours of work.
+    For notebooks and small areas: :func:`s2mosaic.run` writes tile by tile instead (bounded
+    memory, resumable). The mosaic graph is computed once: into the Zarr store, or into the COG
+    when no Zarr is asked for; the other products are read back from that file. All target paths
+    are checked before anything is computed, so an existing path fails fast instead of after
+    hours of work. The provenance record is completed (outputs, grid, bands, processing time)
+    and written as the metadata sidecar; it is not copied into the Zarr/COG attributes.
 
     Parameters
     ----------
     mosaic
-        Lazy ``(y, x)`` dataset: uint16 band variables (nodata 0) and optionally ``count``, with
-        an odc-geo ``spatial_ref`` coordinate (as ``odc.stac.load`` produces).
+        Lazy ``(y, x)`` dataset from :func:`s2mosaic.mosaic`: uint16 band variables (nodata 0)
+        and optionally ``count``, with an odc-geo ``spatial_ref`` coordinate.
     output
         Paths and options (``zarr``, ``cog``, ``rgb``, ``metadata``, ``overwrite``).
     provenance
-        Caller's provenance (spec, items, versions...); ``outputs``, ``written_at``, ``grid`` and
-        ``bands`` are added and the result is written to ``output.metadata_path``.
+        The provenance record to complete; default: the one the mosaic carries (its
+        ``s2mosaic_provenance`` attribute, set by :func:`s2mosaic.mosaic`).
     client
         A ``distributed.Client`` to compute on; None uses the current Dask scheduler.
     progress
         Show progress: ``distributed.progress`` with a client, else a Dask ``ProgressBar``.
 
+    Returns
+    -------
+    WriteResult
+        The paths written (None where not requested).
+
     Examples
     --------
-    >>> from s2mosaic._spec import OutputSpec
-    >>> res = write(mosaic, OutputSpec(zarr="m.zarr", cog="m.tif", rgb="m.png"))  # doctest: +SKIP
+    >>> m = s2mosaic.mosaic(spec)  # doctest: +SKIP
+    >>> res = s2mosaic.write(m, spec.output)  # doctest: +SKIP
     >>> res.cog, res.metadata  # doctest: +SKIP
     (PosixPath('m.tif'), PosixPath('m.metadata.json'))
+    """
+    started = time.time()
+    ds = mosaic.copy()
+    carried = ds.attrs.pop(PROVENANCE_ATTR, None)
+    record = dict((carried or {}) if provenance is None else provenance)
+    if client is not None:
+        quiet_workers(client)
+    # keep_annotations: GPU tasks (cluster.gpu_annotate) keep their resources through compute.
+    with warnings.catch_warnings(), keep_annotations(ds):
+        quiet_rasterio()
+        written = write_products(ds, output, client=client, progress=progress)
+    meta_path = output.metadata_path
+    assert meta_path is not None  # zarr or cog is set (write_products checks), so metadata too
+    record = metadata_record(ds, record, {**written, "metadata": meta_path})
+    record["processing_time_s"] = round(time.time() - started, 3)
+    record["finished"] = dt.datetime.now(dt.UTC).isoformat()
+    write_metadata(meta_path, record)
+    return WriteResult(zarr=written["zarr"], cog=written["cog"], rgb=written["rgb"],
+                       metadata=meta_path)
+
+
+def write_products(mosaic: xr.Dataset, output: OutputSpec, *, client: Client | None = None,
+                   progress: bool = False) -> dict[str, Path | None]:
+    """Write the raster products ``output`` asks for (Zarr, COG, RGB), computing the graph once.
+
+    Order: Zarr (computes the graph), then COG and RGB read back from the Zarr store; without a
+    Zarr the COG computes the graph and the RGB is read from the COG. Every target path (the
+    metadata sidecar's too) is checked first. Returns the paths written by product name
+    (``zarr``, ``cog``, ``rgb``; None where not requested); the sidecar is :func:`write`'s.
     """
     if output.zarr is None and output.cog is None:
         raise WriteError("nothing to write: at least one of output.zarr / output.cog is required "
@@ -112,7 +156,7 @@ def write(mosaic: xr.Dataset, output: OutputSpec, *, provenance: Mapping[str, An
         zarr_path = write_zarr(mosaic, output.zarr, overwrite=output.overwrite,
                                client=client, progress=progress)
         # Consolidated metadata lists variables alphabetically: restore the mosaic's band order.
-        source = _open_zarr(zarr_path)[_raster_vars(mosaic)]
+        source = open_zarr(zarr_path)[_raster_vars(mosaic)]
     if output.cog is not None:
         cog_path = write_cog(source, output.cog, overwrite=output.overwrite,
                              client=client, progress=progress)
@@ -121,11 +165,7 @@ def write(mosaic: xr.Dataset, output: OutputSpec, *, provenance: Mapping[str, An
     if output.rgb is not None:
         rgb_path = write_rgb(source, output.rgb, output.rgb_bands, output.rgb_range,
                              overwrite=output.overwrite, client=client, progress=progress)
-
-    written = {"zarr": zarr_path, "cog": cog_path, "rgb": rgb_path, "metadata": meta_path}
-    assert meta_path is not None  # zarr or cog is set, so metadata_path is too
-    write_metadata(meta_path, metadata_record(mosaic, provenance or {}, written))
-    return WriteResult(zarr=zarr_path, cog=cog_path, rgb=rgb_path, metadata=meta_path)
+    return {"zarr": zarr_path, "cog": cog_path, "rgb": rgb_path}
 
 
 def metadata_record(mosaic: xr.Dataset, provenance: Mapping[str, Any],
@@ -134,7 +174,7 @@ def metadata_record(mosaic: xr.Dataset, provenance: Mapping[str, Any],
     record = dict(provenance)
     record["outputs"] = {k: str(v) for k, v in written.items() if v is not None}
     record["written_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    record["grid"] = _grid_info(_geobox(mosaic))
+    record["grid"] = grid_info(_geobox(mosaic))
     record["bands"] = [{"name": n, "dtype": str(mosaic[n].dtype),
                         "nodata": None if n == COUNT else NODATA} for n in _raster_vars(mosaic)]
     return record
@@ -217,14 +257,16 @@ def init_zarr(template: xr.Dataset, path: str | Path, *, overwrite: bool = False
               before_publish: Callable[[Path], None] | None = None) -> Path:
     """Create a Zarr store for region writes: coordinates, CRS, attributes, empty arrays.
 
-    ``template`` is a lazy mosaic-shaped dataset (its values are never computed); its Dask
-    chunks become the Zarr chunks. The store is built under a hidden scratch name, handed to
+    ``template`` is a lazy mosaic-shaped dataset, or a ``(time, y, x)`` series laid out as
+    :func:`write_series_zarr` writes one (its values are never computed); its Dask chunks
+    become the Zarr chunks. The store is built under a hidden scratch name, handed to
     ``before_publish`` (the runner adds its manifest there) and renamed into place, so ``path``
     either does not exist or is a complete, initialised store. Blocks go in with
     :func:`write_block`.
     """
     path = Path(path)
-    ds, encoding = _zarr_dataset(template)
+    ds, encoding = (_series_dataset(template, path) if "time" in template.dims
+                    else _zarr_dataset(template))
     _prepare(path, overwrite, "zarr")
     scratch = _scratch(path, "init")
     try:
@@ -239,12 +281,13 @@ def init_zarr(template: xr.Dataset, path: str | Path, *, overwrite: bool = False
     return path
 
 
-def write_block(block: np.ndarray, store: str, name: str, y0: int, x0: int,
-                ) -> tuple[str, int, int, str, int]:
-    """Write one chunk-aligned block of variable ``name`` at ``(y0, x0)`` of a Zarr store.
+def write_block(block: np.ndarray, store: str, name: str, *origin: int,
+                ) -> tuple[Any, ...]:
+    """Write one chunk-aligned block of variable ``name`` at ``origin`` (``(y0, x0)``, or
+    ``(t0, y0, x0)`` for a series) of a Zarr store.
 
     Every chunk is stored, nodata-only ones too, so the store holds exactly what was computed.
-    Returns ``(name, y0, x0, digest, bytes)`` for the run manifest.
+    Returns ``(name, *origin, digest, bytes)`` for the run manifest.
     """
     import zarr
 
@@ -253,30 +296,36 @@ def write_block(block: np.ndarray, store: str, name: str, y0: int, x0: int,
     block = np.asarray(block)
     arr = zarr.open_array(f"{store}/{name}", mode="r+", zarr_format=2).with_config(
         {"write_empty_chunks": True})
-    h, w = block.shape
-    arr[y0:y0 + h, x0:x0 + w] = block
-    return name, y0, x0, block_digest(name, y0, x0, block), int(block.nbytes)
+    arr[tuple(slice(o, o + n) for o, n in zip(origin, block.shape, strict=True))] = block
+    return name, *origin, block_digest(name, origin, block), int(block.nbytes)
 
 
 def read_digests(store: str, names: Sequence[str], y: slice, x: slice, chunk: int,
-                 ) -> list[tuple[str, int, int, str]]:
-    """Digests of the chunks of ``names`` in window ``(y, x)``, read back from the store (the
-    same records :func:`write_block` returned when writing them)."""
+                 ) -> list[tuple[Any, ...]]:
+    """Digests of the chunks of ``names`` in window ``(y, x)`` (every chunk of any leading
+    dimension such as ``time``), read back from the store: the same ``(name, *origin, digest)``
+    records :func:`write_block` returned when writing them."""
+    import itertools
+
     import zarr
 
     from ._manifest import block_digest
 
-    out = []
+    out: list[tuple[Any, ...]] = []
     for name in names:
         arr = zarr.open_array(f"{store}/{name}", mode="r", zarr_format=2)
-        for y0 in range(y.start, y.stop, chunk):
-            for x0 in range(x.start, x.stop, chunk):
-                try:
-                    block = arr[y0:min(y0 + chunk, y.stop), x0:min(x0 + chunk, x.stop)]
-                except Exception as e:  # a torn or damaged chunk file: the tile gets redone
-                    out.append((name, y0, x0, f"unreadable: {type(e).__name__}: {e}"))
-                    continue
-                out.append((name, y0, x0, block_digest(name, y0, x0, np.asarray(block))))
+        lead = [range(0, n, c) for n, c in zip(arr.shape[:-2], arr.chunks[:-2], strict=True)]
+        for origin in itertools.product(*lead, range(y.start, y.stop, chunk),
+                                        range(x.start, x.stop, chunk)):
+            stops = [*(min(o + c, n) for o, c, n in zip(origin[:-2], arr.chunks[:-2],
+                                                         arr.shape[:-2], strict=True)),
+                     min(origin[-2] + chunk, y.stop), min(origin[-1] + chunk, x.stop)]
+            try:
+                block = arr[tuple(slice(o, e) for o, e in zip(origin, stops, strict=True))]
+            except Exception as e:  # a torn or damaged chunk file: the tile gets redone
+                out.append((name, *origin, f"unreadable: {type(e).__name__}: {e}"))
+                continue
+            out.append((name, *origin, block_digest(name, origin, np.asarray(block))))
     return out
 
 
@@ -289,7 +338,7 @@ def export_cog(store: str | Path, path: str | Path, *, overwrite: bool = False,
     if not (store / ".zgroup").exists():
         raise WriteError(f"{store} is not a Zarr store (no .zgroup); expected the output.zarr "
                          "of a run")
-    return write_cog(_open_zarr(store), path, overwrite=overwrite, client=client,
+    return write_cog(open_zarr(store), path, overwrite=overwrite, client=client,
                      progress=progress)
 
 
@@ -305,16 +354,17 @@ def export_tiles(store: str | Path, directory: str | Path, tile_size: int, *,
     from ._grid import tiles
 
     directory = Path(directory)
-    ds = _open_zarr(Path(store))
+    ds = open_zarr(Path(store))
     names = _raster_vars(ds)
     gbox = _geobox(ds)
     if directory.exists() and any(directory.iterdir()) and not overwrite:
         raise _exists(directory, "tiles")
     directory.mkdir(parents=True, exist_ok=True)
     sources = []
+    dy, dx = gbox.dimensions  # ("latitude", "longitude") on a geographic grid
     for t in tiles(gbox, tile_size):
         path = directory / f"{t.key}.tif"
-        write_cog(ds[names].isel(y=t.y, x=t.x), path, overwrite=True, client=client,
+        write_cog(ds[names].isel({dy: t.y, dx: t.x}), path, overwrite=True, client=client,
                   progress=progress)
         sources.append((path.name, t))
     vrt = directory / "mosaic.vrt"
@@ -515,7 +565,7 @@ def _zarr_dataset(mosaic: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, A
         encoding[n] = {"chunks": chunks, "compressors": (_ZARR_COMPRESSOR,), "_FillValue": fill,
                        "write_empty_chunks": fill is None}
     attrs = json.loads(json.dumps(dict(mosaic.attrs), default=str))  # Zarr attrs must be JSON
-    grid = _grid_info(gbox)
+    grid = grid_info(gbox)
     # Consolidated metadata lists variables alphabetically: keep the band order for readers.
     ds.attrs = {**attrs, "band_order": names,
                 "proj:code": f"EPSG:{crs.epsg}" if crs.epsg else None,
@@ -526,7 +576,8 @@ def _zarr_dataset(mosaic: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, A
     return ds, encoding
 
 
-def _open_zarr(path: Path) -> xr.Dataset:
+def open_zarr(path: Path) -> xr.Dataset:
+    """A mosaic Zarr store, lazily, as written: uint16 with 0 as nodata, bands in their order."""
     # mask_and_scale=False keeps uint16 with 0 as nodata (no float/NaN copy of the data).
     ds = xr.open_zarr(path, mask_and_scale=False)
     order = [n for n in ds.attrs.get("band_order") or [] if n in ds.data_vars]
@@ -617,7 +668,8 @@ def _write_cog_array(data: da.Array, gbox: GeoBox, path: Path, names: Sequence[s
                 p.unlink()
 
 
-def _grid_info(gbox: GeoBox) -> dict[str, Any]:
+def grid_info(gbox: GeoBox) -> dict[str, Any]:
+    """The output grid as recorded in metadata: CRS, transform, shape, bounds, resolution."""
     crs, res = gbox.crs, gbox.resolution
     assert crs is not None
     return {"crs": f"EPSG:{crs.epsg}" if crs.epsg else crs.to_wkt(),
@@ -638,6 +690,17 @@ def write_series_zarr(series: xr.Dataset, path: str | Path, *, overwrite: bool =
     ``xr.open_zarr(path, mask_and_scale=False)``.
     """
     path = Path(path)
+    out, encoding = _series_dataset(series, path)
+    _prepare(path, overwrite, "zarr")
+    task = out.to_zarr(path, mode="w-", consolidated=True, zarr_format=2, encoding=encoding,
+                       compute=False)
+    with _io_errors(path):
+        _compute(task, client, progress)
+    return path
+
+
+def _series_dataset(series: xr.Dataset, path: Path) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+    """The dataset and encoding :func:`write_series_zarr` writes for ``series``."""
     if "time" not in series.dims:
         raise WriteError(f"{path}: write_series_zarr writes a (time, y, x) series; this dataset "
                          f"has dims {dict(series.sizes)} (use write_zarr for one mosaic)")
@@ -660,10 +723,4 @@ def write_series_zarr(series: xr.Dataset, path: str | Path, *, overwrite: bool =
         variables[n] = var
         encoding[n] = enc
     out = xr.Dataset(variables, coords=ds.drop_vars(names).coords, attrs=plane.attrs)
-    out = out.assign_coords(spatial_ref=plane.coords["spatial_ref"])
-    _prepare(path, overwrite, "zarr")
-    task = out.to_zarr(path, mode="w-", consolidated=True, zarr_format=2, encoding=encoding,
-                       compute=False)
-    with _io_errors(path):
-        _compute(task, client, progress)
-    return path
+    return out.assign_coords(spatial_ref=plane.coords["spatial_ref"]), encoding

@@ -70,8 +70,7 @@ def search(spec_path: SpecArg,
            as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
            ) -> None:
     """List the scenes the spec's search finds (after filters and de-duplication)."""
-    from ._cube import resolve_band
-    from ._search import boa_offset, mgrs_tile
+    from ._items import boa_offset, format_baseline, item_datetime, mgrs_tile, resolve_band
     from ._search import search as do_search
 
     try:
@@ -82,7 +81,7 @@ def search(spec_path: SpecArg,
     if as_json:
         out.print_json(json.dumps({
             "query": items.query,
-            "items": [{"id": i.id, "datetime": str(i.datetime), "mgrs_tile": mgrs_tile(i),
+            "items": [{"id": i.id, "datetime": str(item_datetime(i)), "mgrs_tile": mgrs_tile(i),
                        "eo:cloud_cover": i.properties.get("eo:cloud_cover")} for i in items],
             "dropped": [{"id": d.id, "reason": d.reason} for d in items.dropped],
         }))
@@ -95,16 +94,18 @@ def search(spec_path: SpecArg,
     band_key = spec.bands[0]
     for i in items:
         cc = i.properties.get("eo:cloud_cover")
-        table.add_row(i.id, str(i.datetime)[:19], mgrs_tile(i) or "?",
+        table.add_row(i.id, str(item_datetime(i))[:19], mgrs_tile(i) or "?",
                       f"{cc:.1f}" if isinstance(cc, int | float) else "?",
-                      str(i.properties.get("s2:processing_baseline", "?")),
+                      format_baseline(i).replace("unknown", "?"),
                       str(boa_offset(i, resolve_band(i, band_key))))
     out.print(table)
     for d in items.dropped:
         out.print(f"[dim]dropped {d.id}: {d.reason}[/]")
 
 
-def _execute(spec: MosaicSpec, resume: bool = False) -> None:
+def _execute(spec: MosaicSpec, resume: bool = False, runner: Any = None) -> None:
+    """Run ``runner`` (default :func:`s2mosaic.run`; or a series / gap-fill run with the same
+    arguments) with progress, stage messages and the run report's summary."""
     from ._run import report_path
     from ._run import run as do_run
 
@@ -119,7 +120,8 @@ def _execute(spec: MosaicSpec, resume: bool = False) -> None:
         elif name == "plan":
             h, w = info["shape"]
             done = info["tiles"] - info["todo"]
-            console.print(f"Mosaic {h}×{w} px, {info['observations']} observation(s), "
+            kind = {"series": "Series", "gapfill": "Gap-fill"}.get(info.get("kind", ""), "Mosaic")
+            console.print(f"{kind} {h}×{w} px, {info['observations']} observation(s), "
                           f"{info['tiles']} tile(s)" + (f", {done} already done" if done else "")
                           + f" → {info['store']} ({info['limit']} tile(s) at a time)")
         elif name == "tiles" and info["failed"]:
@@ -127,7 +129,7 @@ def _execute(spec: MosaicSpec, resume: bool = False) -> None:
                 console.print(f"[red]tile {key} failed:[/] {err}")
 
     try:
-        report = do_run(spec, progress=True, on_stage=on_stage, resume=resume)
+        report = (runner or do_run)(spec, progress=True, on_stage=on_stage, resume=resume)
     except S2MosaicError as e:
         raise _fail(e) from None
     t = report.tiles
@@ -276,11 +278,14 @@ def series(
     scheduler: SchedulerOpt = None,
     cluster: ClusterOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted series: tiles already in the Zarr store "
+        "(checked against their digests) are skipped, the rest computed.")] = False,
 ) -> None:
     """Build one composite per period of the spec's series.periods (monthly, quarterly, 'every
-    N days' or a list) into one Zarr with a time dimension, plus a COG per period when
-    output.cog is set."""
-    from ._timeseries import run_series
+    N days' or a list) tile by tile into one Zarr with a time dimension, plus a COG per period
+    when output.cog is set, and a run report (like `run`: tiles, retries, --resume)."""
+    from ._timeseries_run import run_series
     from .errors import SpecError
 
     try:
@@ -292,10 +297,9 @@ def series(
         rule = spec.series.periods
         console.print(f"Series of {len(spec.series.expand(spec.period))} period(s) "
                       f"({rule if isinstance(rule, str) else 'explicit list'})")
-        report = run_series(spec, progress=True)
     except S2MosaicError as e:
         raise _fail(e) from None
-    _report_outputs(report)
+    _execute(spec, resume, run_series)
 
 
 @app.command()
@@ -310,19 +314,23 @@ def gapfill(
     scheduler: SchedulerOpt = None,
     cluster: ClusterOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted gap-fill with the same parameters: tiles "
+        "already in the Zarr store are skipped, the rest computed.")] = False,
 ) -> None:
     """Daily (or every-STEP-day) cloud-free rasters over the spec's period by damped temporal
-    interpolation (SpaceEye), written to output.zarr with a time dimension."""
-    from ._timeseries import GapFill, run_gapfill
+    interpolation (SpaceEye), computed tile by tile into output.zarr with a time dimension,
+    with a run report (like `run`: tiles, retries, --resume)."""
+    from ._timeseries import GapFill
+    from ._timeseries_run import run_gapfill
 
     try:
         spec = _load(spec_path, scheduler, overwrite, cluster)
         params = GapFill(damping=damping, duration=duration, overlap=overlap, step=step,
                          normalise=normalise)
-        report = run_gapfill(spec, params, progress=True)
     except S2MosaicError as e:
         raise _fail(e) from None
-    _report_outputs(report)
+    _execute(spec, resume, lambda s, **kw: run_gapfill(s, params, **kw))
 
 
 @app.command()

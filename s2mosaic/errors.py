@@ -1,22 +1,29 @@
-"""One exception tree for the whole package.
+"""One exception tree for the whole package, and its warning categories.
 
 Every message names the bad value, where it came from (config field, item id, asset, tile) and
-what would be valid, so a user can fix the problem without reading our source.
+what would be valid, so a user can fix the problem without reading our source. Errors about a
+bad value also derive from ``ValueError`` (``TypeError``, ``KeyError``, ``ImportError``,
+``FileNotFoundError`` where that is what they are), so ``except ValueError`` keeps working.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "ClusterError",
+    "CoverageError",
     "CubeError",
     "DataError",
     "EmptySearchError",
+    "GPUFallbackWarning",
     "MissingDependencyError",
     "ModelWeightsError",
     "RunError",
     "S2MosaicError",
     "SearchError",
     "SpecError",
+    "UnknownNameError",
     "WriteError",
 ]
 
@@ -39,12 +46,36 @@ class SpecError(S2MosaicError, ValueError):
         super().__init__(f"{field}: invalid value {value!r}; {valid}")
 
 
+class ArgumentError(S2MosaicError, ValueError):
+    """An argument of a public function has an invalid value (arrays and datasets given to
+    :mod:`s2mosaic.composite`, :mod:`s2mosaic.masks` and the time-series functions; options such
+    as a method, percentile or window length). The message names the argument, the value given
+    and what would be valid."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of a public function has the wrong type (a NumPy array where an
+    ``xarray.Dataset`` is needed, a float where an integer is, ...)."""
+
+
+class UnknownNameError(ArgumentError, KeyError):
+    """A name (band variable, spectral index) is not among those available; the message lists
+    them."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
 class SearchError(S2MosaicError):
     """The STAC source could not be opened or searched."""
 
 
 class EmptySearchError(SearchError):
     """A search matched no items. The message repeats the query."""
+
+
+class CoverageError(SearchError):
+    """The scenes do not cover the AOI and ``select.require_full_coverage`` is set."""
 
 
 class DataError(S2MosaicError):
@@ -91,3 +122,7 @@ class ModelWeightsError(S2MosaicError, FileNotFoundError):
     spec field / environment variable that points at the directory. Weights are never downloaded
     during a run.
     """
+
+
+class GPUFallbackWarning(UserWarning):
+    """GPU tasks run on CPU because no worker of the cluster has a ``GPU`` resource."""

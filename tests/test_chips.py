@@ -18,7 +18,7 @@ import s2mosaic
 from s2mosaic._chips import chip_at, chips_over, make_chips
 from s2mosaic.cli import app
 from s2mosaic.demo import DEMO_AOI_BBOX, demo_spec
-from s2mosaic.errors import SpecError
+from s2mosaic.errors import SpecError, WriteError
 
 BANDS = ("red", "green", "blue", "nir", "count")
 
@@ -67,7 +67,10 @@ def test_chips_equal_the_mosaic_on_the_same_pixels(demo_catalog: Path, tmp_path:
     chips = [chip_at(lon, lat, resolution=10, size=32) for lon in lons for lat in lats]
     report = make_chips(spec, chips, tmp_path / "chips", batch=4)
     assert (report.written, report.skipped, report.batches) == (6, 0, 2)
-    rows = [json.loads(line) for line in report.manifest.read_text().splitlines()]
+    lines = [json.loads(line) for line in report.manifest.read_text().splitlines()]
+    assert lines[0]["kind"] == "header" and lines[0]["product"] == {"kind": "chips",
+                                                                    "format": "tif"}
+    rows = [r for r in lines if r["kind"] == "chip"]
     assert sorted(r["key"] for r in rows) == sorted(c.key for c in chips)
     for chip in chips:
         row = next(r for r in rows if r["key"] == chip.key)
@@ -85,6 +88,9 @@ def test_chips_equal_the_mosaic_on_the_same_pixels(demo_catalog: Path, tmp_path:
     (tmp_path / "chips" / rows[0]["path"]).unlink()
     again = make_chips(spec, chips, tmp_path / "chips", batch=4)
     assert (again.written, again.skipped) == (1, 5)
+    # Chips of another spec never mix into the directory.
+    with pytest.raises(WriteError, match=r"another spec or format.*composite"):
+        make_chips(spec.replace(composite={"method": "median"}), chips, tmp_path / "chips")
 
 
 def test_png_chips_and_the_cli(demo_catalog: Path, tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ import pytest
 import xarray as xr
 
 import s2mosaic
-from s2mosaic._cube import _apply_offset, _groups, load_cube, resolve_band
+from s2mosaic._cube import _apply_offset, load_cube, observation_groups
 from s2mosaic._grid import output_geobox
+from s2mosaic._items import resolve_band
 from s2mosaic._spec import MaskSpec, MosaicSpec
 from s2mosaic.errors import DataError
 from s2mosaic.masks import dilate, valid_mask
@@ -90,7 +91,7 @@ def test_offset_items_are_harmonised_and_grouped_apart(s2_data: Path) -> None:
             if "scale" in b:
                 b["offset"] = -0.1
     keys = {"red": "B04", "nir": "B08", "B11": "B11"}
-    item_keys, offsets = _groups([items[0], items[1], shifted], keys)
+    item_keys, offsets = observation_groups([items[0], items[1], shifted], keys)
     assert offsets == [(0, 0, 0), (-1000, -1000, -1000), (0, 0, 0)]
     assert item_keys[1][0] == item_keys[2][0]  # same solar day...
     assert item_keys[1] != item_keys[2]  # ...but not fused

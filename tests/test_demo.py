@@ -20,7 +20,7 @@ import shapely.geometry
 from rio_cogeo.cogeo import cog_validate
 
 from s2mosaic import demo
-from s2mosaic.demo import DEMO_AOI_BBOX, DEMO_PERIOD, make_demo_catalog
+from s2mosaic.demo import DEMO_AOI_BBOX, DEMO_PERIOD, _scene, make_demo_catalog
 from s2mosaic.errors import S2MosaicError, SpecError, WriteError
 
 SIZE = 300
@@ -368,13 +368,13 @@ def test_scl_flags_every_pixel_a_cloud_or_shadow_changed(
     catalog_json: Path, items: list[pystac.Item]
 ) -> None:
     """The private renderer's 10 m truth against the SCL it wrote (what a masking test trusts)."""
-    tiles = demo._tiles(SIZE)
-    world = demo._World(0, tiles)
+    tiles = _scene.tiles(SIZE)
+    world = _scene.World(0, tiles)
     for tile_index in (0, 1):
-        at = demo._pixel_centres(tiles[tile_index])
+        at = _scene.pixel_centres(tiles[tile_index])
         ground = world.ground(at)
         for day in (1, 2, 8):
-            dn, scl, changed = demo._render(world, ground, at, tile_index, day)
+            dn, scl, changed = _scene.render(world, ground, at, tile_index, day)
             assert changed.mean() > 0.1
             up = np.repeat(np.repeat(scl, 2, 0), 2, 1)
             missed = changed & (up != 0) & ~np.isin(up, MASKED)
@@ -383,7 +383,7 @@ def test_scl_flags_every_pixel_a_cloud_or_shadow_changed(
             written = next(
                 i
                 for i in items
-                if tile(i) == tiles[tile_index].mgrs and i.datetime.date() == demo._DATES[day]
+                if tile(i) == tiles[tile_index].mgrs and i.datetime.date() == _scene.DATES[day]
             )
             assert np.array_equal(read(written, "SCL"), scl)
             assert np.array_equal(read(written, "B02"), dn[0])

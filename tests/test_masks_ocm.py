@@ -28,7 +28,7 @@ from s2mosaic._cluster import keep_annotations
 from s2mosaic._spec import OCM_WEIGHTS_ENV, MaskSpec
 from s2mosaic.errors import CubeError, MissingDependencyError, ModelWeightsError, SpecError
 from s2mosaic.masks import MaskContext, valid_mask
-from s2mosaic.masks.combine import plan_chunks
+from s2mosaic.masks._chunks import plan_chunks
 from s2mosaic.masks.omnicloud import (
     NO_INPUT,
     OCM_MODEL_VERSION,

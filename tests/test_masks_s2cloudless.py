@@ -20,8 +20,9 @@ from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 
 import s2mosaic
-from s2mosaic._cube import S2CLOUDLESS_BANDS, load_cube
+from s2mosaic._cube import load_cube
 from s2mosaic._grid import native_geobox
+from s2mosaic._items import S2CLOUDLESS_BANDS
 from s2mosaic._spec import MaskSpec, MosaicSpec
 from s2mosaic.errors import CubeError, SpecError
 from s2mosaic.masks import MaskContext, valid_mask
@@ -119,7 +120,7 @@ def test_mask_equals_clm_s2c_exactly_across_chunk_edges(eolearn: tuple) -> None:
     assert 0 < got.mean() < 1  # the series mixes clear and cloudy dates
     np.testing.assert_array_equal(got, ref.astype(bool))
     # Without the halo, chunk edges would differ: the halo is what makes this exact.
-    from s2mosaic.masks.combine import plan_chunks
+    from s2mosaic.masks._chunks import plan_chunks
 
     assert plan_chunks((32, 32, 32, 5), 6) == (32, 32, 37)
     assert plan_chunks((32, 32, 32, 4), 6) == (32, 32, 36)

@@ -18,7 +18,8 @@ from typing import Any
 import pystac
 import pytest
 
-from s2mosaic._search import DroppedItem, SearchResult, boa_offset, dedupe, mgrs_tile, search
+from s2mosaic._items import boa_offset, mgrs_tile
+from s2mosaic._search import DroppedItem, SearchResult, dedupe, search
 from s2mosaic._spec import MosaicSpec
 from s2mosaic.errors import EmptySearchError, S2MosaicError, SearchError
 

@@ -18,10 +18,10 @@ import shapely.geometry
 from pyproj import Geod
 
 from s2mosaic import mosaic, run, search
-from s2mosaic._select import CoverageError, Selection, clear_fraction, min_cover, select
+from s2mosaic._select import Selection, clear_fraction, min_cover, select
 from s2mosaic._spec import MosaicSpec, SelectSpec
 from s2mosaic.demo import demo_spec
-from s2mosaic.errors import SpecError
+from s2mosaic.errors import CoverageError, SpecError
 
 EXAMPLES = "stac_examples"
 

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from s2mosaic._pipeline import mosaic
 from s2mosaic._spec import MosaicSpec, Period, SeriesSpec
-from s2mosaic._timeseries import GapFill, run_gapfill, run_series, series
+from s2mosaic._timeseries import GapFill, series
+from s2mosaic._timeseries_run import run_gapfill, run_series
 from s2mosaic.cli import app
 from s2mosaic.demo import demo_spec
 from s2mosaic.errors import SpecError, WriteError

@@ -97,11 +97,12 @@ BAD_VALUES = [
     # aoi
     case(
         "aoi",
-        [10.045, 46.064, 10.04, 46.068],
+        [10.04, 46.064, 10.04, 46.068],
         "aoi",
-        "west < east",
-        shown="10.045",
-        id="aoi-bbox-west>east",
+        "no area",
+        "west != east",
+        shown="10.04",
+        id="aoi-bbox-west==east",
     ),
     case(
         "aoi",
@@ -115,7 +116,8 @@ BAD_VALUES = [
         "aoi",
         [170, 0, 190, 10],
         "aoi",
-        "-180 <= west < east <= 180",
+        "-180 <= west, east <= 180",
+        "west > east",
         shown="190.0",
         id="aoi-bbox-lon-out-of-range",
     ),
@@ -250,6 +252,8 @@ BAD_VALUES = [
     case("grid.resolution", "abc", "grid.resolution", "positive number", "'native'"),
     case("grid.resolution", math.nan, "grid.resolution", "finite"),
     case("grid.resolution", True, "grid.resolution", "number"),
+    case("grid.resolution", 0.0001, "grid.resolution", "metre", "0.1 to 100000 m", "EPSG:4326"),
+    case("grid.max_pixels", 0, "grid.max_pixels", ">= 1"),
     case("grid.resampling", "nearst", "grid.resampling", *(repr(m) for m in RESAMPLING_METHODS)),
     case("grid.resampling", None, "grid.resampling", "'nearest'"),
     # mask

@@ -26,7 +26,7 @@ import shapely.geometry
 from shapely.geometry.base import BaseGeometry
 
 import s2mosaic
-from s2mosaic._search import mgrs_tile
+from s2mosaic._items import mgrs_tile
 from s2mosaic.demo import DEMO_AOI_BBOX, DEMO_PERIOD
 
 API_URL = os.environ.get("STAC_API_URL", "")

@@ -328,3 +328,24 @@ def test_all_zero_count_chunks_are_stored(tmp_path: Path):
     path = write_zarr(make_mosaic(GRIDS["utm"], values), tmp_path / "m.zarr")
     assert (path / "count" / "0.0").exists() and not (path / "red" / "0.0").exists()
     np.testing.assert_array_equal(xr.open_zarr(path)["count"].values, values["count"])
+
+
+def test_write_completes_the_provenance_the_mosaic_carries(tmp_path: Path):
+    """``s2mosaic.write`` is this module's ``write``: it takes the record ``mosaic`` attached,
+    completes it (outputs, grid, processing time) into the sidecar, and keeps it out of the
+    product's attributes."""
+    import s2mosaic
+
+    assert s2mosaic.write is write
+    ds = make_mosaic(GRIDS["utm"])
+    ds.attrs[write_mod.PROVENANCE_ATTR] = {"name": "carried"}
+    res = s2mosaic.write(ds, OutputSpec(zarr=tmp_path / "m.zarr"))
+    assert write_mod.PROVENANCE_ATTR in ds.attrs  # the caller's dataset is not changed
+    assert res.metadata is not None and res.zarr is not None and res.cog is None
+    meta = json.loads(res.metadata.read_text())
+    assert meta["name"] == "carried" and meta["processing_time_s"] >= 0
+    assert dt.datetime.fromisoformat(meta["finished"]) <= dt.datetime.now(dt.UTC)
+    assert meta["outputs"] == {"zarr": str(res.zarr), "metadata": str(res.metadata)}
+    assert write_mod.PROVENANCE_ATTR not in xr.open_zarr(res.zarr).attrs
+    with pytest.raises(WriteError, match="nothing to write"):
+        s2mosaic.write(ds, OutputSpec(rgb=tmp_path / "x.png"))

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ArgumentError, ArgumentTypeError
 from . import _cpu
 
 __all__ = [
@@ -59,35 +60,35 @@ _SUPPORTED_DTYPES = (np.dtype(np.uint16), np.dtype(np.uint8))
 # --------------------------------------------------------------------------- argument checks
 
 
-def _check_method(method: object) -> str:
+def check_method(method: object) -> str:
     if not isinstance(method, str) or method not in METHODS:
         valid = ", ".join(repr(m) for m in METHODS)
-        raise ValueError(f"method={method!r} is not a composite method; use one of {valid}")
+        raise ArgumentError(f"method={method!r} is not a composite method; use one of {valid}")
     return method
 
 
-def _check_q(q: object, name: str = "q") -> float:
+def check_q(q: object, name: str = "q") -> float:
     if isinstance(q, bool) or not isinstance(q, (int, float, np.integer, np.floating)):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{name}={q!r} ({type(q).__name__}) is not a number; give a percentile in [0, 100]"
         )
     qv = float(q)
     if not (0.0 <= qv <= 100.0):  # also rejects NaN
-        raise ValueError(f"{name}={q!r} is outside the valid range of percentiles [0, 100]")
+        raise ArgumentError(f"{name}={q!r} is outside the valid range of percentiles [0, 100]")
     return qv
 
 
-def _check_min_obs(min_obs: object, name: str = "min_obs") -> int:
+def check_min_obs(min_obs: object, name: str = "min_obs") -> int:
     if isinstance(min_obs, bool):
-        raise TypeError(f"{name}={min_obs!r} is a bool; give an integer >= 1")
+        raise ArgumentTypeError(f"{name}={min_obs!r} is a bool; give an integer >= 1")
     try:
         value = operator.index(min_obs)  # type: ignore[arg-type]
     except TypeError:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{name}={min_obs!r} ({type(min_obs).__name__}) is not an integer; give an integer >= 1"
         ) from None
     if value < 1:
-        raise ValueError(
+        raise ArgumentError(
             f"{name}={min_obs!r} is invalid; a pixel needs at least 1 valid observation "
             "to have a value, so give an integer >= 1"
         )
@@ -98,25 +99,25 @@ def _quantile(method: str, q: float | None) -> float:
     """The quantile in [0, 1] the kernels use (NumPy: ``true_divide(q, 100)``)."""
     if method == "percentile":
         if q is None:
-            raise ValueError("method='percentile' needs q, a percentile in [0, 100]")
-        return _check_q(q) / 100.0
+            raise ArgumentError("method='percentile' needs q, a percentile in [0, 100]")
+        return check_q(q) / 100.0
     if q is not None:
-        raise ValueError(
+        raise ArgumentError(
             f"q={q!r} was given with method={method!r}; q is used only by method='percentile' "
             "(method='median' is q=50)"
         )
     return 0.5
 
 
-def _is_cupy(x: object) -> bool:
+def is_cupy(x: object) -> bool:
     # Checked by module name so that CuPy stays an optional, lazily imported dependency.
     return type(x).__module__.split(".", 1)[0] == "cupy"
 
 
 def _check_types(arrays: Sequence[Any], valid: Any) -> None:
     for label, arr in [("valid", valid), *(("data", a) for a in arrays)]:
-        if not (isinstance(arr, np.ndarray) or _is_cupy(arr)):
-            raise TypeError(
+        if not (isinstance(arr, np.ndarray) or is_cupy(arr)):
+            raise ArgumentTypeError(
                 f"{label} must be a NumPy (CPU) or CuPy (GPU) array; got {type(arr).__name__}"
             )
 
@@ -124,25 +125,26 @@ def _check_types(arrays: Sequence[Any], valid: Any) -> None:
 def _check_arrays(stacks: Sequence[Any], valid: Any) -> None:
     _check_types(stacks, valid)
     if valid.dtype != np.bool_:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"valid has dtype {valid.dtype}; it must be a boolean array (True = usable "
             "observation), e.g. `mask == 0` rather than the mask itself"
         )
     if valid.ndim < 1:
-        raise ValueError("valid is 0-dimensional; it needs a leading time axis, shape (T, ...)")
+        raise ArgumentError(
+            "valid is 0-dimensional; it needs a leading time axis, shape (T, ...)")
     if valid.shape[0] > np.iinfo(np.uint16).max:
-        raise ValueError(
+        raise ArgumentError(
             f"data has {valid.shape[0]} time steps; the uint16 count allows at most 65535"
         )
     for stack in stacks:
         if stack.dtype not in _SUPPORTED_DTYPES:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"data has dtype {stack.dtype}; the composite kernels take uint16 (Sentinel-2 L2A "
                 "reflectances) or uint8. Load the cube with its native integer dtype instead of "
                 "converting to float"
             )
         if stack.shape[:1] + stack.shape[2:] != valid.shape:
-            raise ValueError(
+            raise ArgumentError(
                 f"a band has shape {stack.shape[:1] + stack.shape[2:]} but valid has shape "
                 f"{valid.shape}; every band must have the shape (T, ...) of valid"
             )
@@ -157,13 +159,13 @@ def _reduce(
     parallel: bool,
 ) -> Any:
     """``(B + 1, ...)`` uint16 from stacks ``(T, Bk, ...)`` holding B bands in all."""
-    method = _check_method(method)
-    min_obs = _check_min_obs(min_obs)
+    method = check_method(method)
+    min_obs = check_min_obs(min_obs)
     qf = _quantile(method, q)
     if not stacks:
-        raise ValueError("no bands given; pass at least one (T, ...) array")
+        raise ArgumentError("no bands given; pass at least one (T, ...) array")
     _check_arrays(stacks, valid)
-    gpu = any(_is_cupy(a) for a in (valid, *stacks))
+    gpu = any(is_cupy(a) for a in (valid, *stacks))
     if gpu:
         import cupy
 
@@ -210,12 +212,15 @@ def reduce_bands(
 
 def _as_stack(data: Any, valid: Any) -> tuple[Any, bool]:
     """``data`` as a ``(T, B, ...)`` view, and whether it had a band axis."""
-    if not (isinstance(data, np.ndarray) or _is_cupy(data)):
-        raise TypeError(f"data must be a NumPy (or CuPy) array; got {type(data).__name__}")
-    if not (isinstance(valid, np.ndarray) or _is_cupy(valid)):
-        raise TypeError(f"valid must be a NumPy (or CuPy) array; got {type(valid).__name__}")
+    if not (isinstance(data, np.ndarray) or is_cupy(data)):
+        raise ArgumentTypeError(
+            f"data must be a NumPy (or CuPy) array; got {type(data).__name__}")
+    if not (isinstance(valid, np.ndarray) or is_cupy(valid)):
+        raise ArgumentTypeError(
+            f"valid must be a NumPy (or CuPy) array; got {type(valid).__name__}")
     if data.ndim < 1:
-        raise ValueError("data is 0-dimensional; it needs a leading time axis, shape (T, ...)")
+        raise ArgumentError(
+            "data is 0-dimensional; it needs a leading time axis, shape (T, ...)")
     if valid.shape == data.shape:
         return data[:, None], False
     if (
@@ -225,7 +230,7 @@ def _as_stack(data: Any, valid: Any) -> tuple[Any, bool]:
     ):
         return data, True
     expected = (data.shape[0], *data.shape[2:]) if data.ndim >= 2 else data.shape
-    raise ValueError(
+    raise ArgumentError(
         f"valid has shape {valid.shape} but data has shape {data.shape}; valid must have "
         f"the shape of data, or for multi-band data (T, B, ...) the shape (T, ...) = {expected}"
     )
@@ -358,13 +363,14 @@ def count(valid: Any) -> Any:
     array([2, 1], dtype=uint16)
     """
     if getattr(valid, "dtype", None) != np.bool_ or getattr(valid, "ndim", 0) < 1:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"valid must be a boolean array shaped (T, ...); got "
             f"{type(valid).__name__} with dtype {getattr(valid, 'dtype', None)}"
         )
     if valid.shape[0] > np.iinfo(np.uint16).max:
-        raise ValueError(f"valid has {valid.shape[0]} time steps; a uint16 count holds 65535")
-    if _is_cupy(valid):
+        raise ArgumentError(
+            f"valid has {valid.shape[0]} time steps; a uint16 count holds 65535")
+    if is_cupy(valid):
         return valid.sum(axis=0, dtype=np.uint16)
     space = valid.shape[1:]
     return _cpu.count_valid(valid.reshape(valid.shape[0], -1)).reshape(space)

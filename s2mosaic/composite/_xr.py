@@ -26,14 +26,20 @@ import numpy as np
 import xarray as xr
 from dask.array.utils import meta_from_array
 
-from ._kernels import _check_method, _check_min_obs, _check_q, _is_cupy, reduce_bands
+from ..errors import ArgumentError, ArgumentTypeError
+from ._kernels import check_method, check_min_obs, check_q, is_cupy, reduce_bands
 
-__all__ = ["composite"]
+__all__ = ["PERCENTILE_DEFINITION", "composite"]
 
 _TIME = "time"
 _COUNT = "count"
 _BAND_DTYPES = (np.dtype(np.uint16), np.dtype(np.uint8))
-PERCENTILE_DEFINITION = "numpy linear over valid observations, rounded half-to-even"
+#: How the percentile is defined: recorded in the composite's attrs and the provenance record.
+PERCENTILE_DEFINITION = (
+    "NumPy's default 'linear' percentile (method='linear') over the valid observations of each "
+    "pixel, rounded half to even to the source dtype; pixels with fewer than min_observations "
+    "valid observations are nodata (0)"
+)
 
 
 @dataclass(frozen=True)
@@ -115,14 +121,14 @@ def composite(
     >>> int(out.red[0, 0]), int(out["count"][0, 0])
     (15, 3)
     """
-    method_name = _check_method(method)
-    min_obs = _check_min_obs(min_observations, "min_observations")
-    q_kernel = _check_q(q, "q") if method_name == "percentile" else None
+    method_name = check_method(method)
+    min_obs = check_min_obs(min_observations, "min_observations")
+    q_kernel = check_q(q, "q") if method_name == "percentile" else None
     names, dims = _check_inputs(cube, valid)
     try:
         cube, valid = xr.align(cube, valid.transpose(*dims), join="exact")
     except ValueError as err:
-        raise ValueError(
+        raise ArgumentError(
             f"valid does not share the coordinates of cube ({err}); build the mask from the "
             "same loaded cube (same items, grid and time steps)"
         ) from None
@@ -140,43 +146,45 @@ def composite(
 
 def _as_array(x: Any) -> Any:
     """NumPy arrays and CuPy arrays as they are (CuPy refuses ``np.asarray``)."""
-    return x if _is_cupy(x) else np.asarray(x)
+    return x if is_cupy(x) else np.asarray(x)
 
 
 def _check_inputs(cube: xr.Dataset, valid: xr.DataArray) -> tuple[list[str], tuple[str, ...]]:
     if not isinstance(cube, xr.Dataset):
-        raise TypeError(f"cube must be an xarray.Dataset (one variable per band); got {type(cube)}")
+        raise ArgumentTypeError(
+            f"cube must be an xarray.Dataset (one variable per band); got {type(cube)}")
     if not isinstance(valid, xr.DataArray):
-        raise TypeError(f"valid must be a boolean xarray.DataArray; got {type(valid)}")
+        raise ArgumentTypeError(f"valid must be a boolean xarray.DataArray; got {type(valid)}")
     names = [str(name) for name in cube.data_vars]
     if not names:
-        raise ValueError("cube has no data variables; it needs one variable per band")
+        raise ArgumentError("cube has no data variables; it needs one variable per band")
     if _COUNT in names:
-        raise ValueError(
+        raise ArgumentError(
             f"cube has a band named {_COUNT!r}, which the composite uses for the number of "
             "valid observations; rename the band"
         )
     dims = cube[names[0]].dims
     if len(dims) != 3 or dims[0] != _TIME:
-        raise ValueError(
+        raise ArgumentError(
             f"cube[{names[0]!r}] has dims {dims}; expected ('time', y, x), e.g. "
             "('time', 'y', 'x') as odc.stac.load returns"
         )
     for name in names:
         var = cube[name]
         if var.dims != dims:
-            raise ValueError(
+            raise ArgumentError(
                 f"cube[{name!r}] has dims {var.dims}; expected {dims} like {names[0]!r}"
             )
         if var.dtype not in _BAND_DTYPES:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"cube[{name!r}] has dtype {var.dtype}; the composite takes uint16 (or uint8) "
                 "bands. Load with the native dtype (odc.stac.load(..., dtype='uint16'))"
             )
     if set(valid.dims) != set(dims):
-        raise ValueError(f"valid has dims {valid.dims}; expected {dims} like the cube's bands")
+        raise ArgumentError(f"valid has dims {valid.dims}; expected {dims} like the cube's bands")
     if valid.dtype != np.bool_:
-        raise TypeError(f"valid has dtype {valid.dtype}; it must be boolean (True = usable)")
+        raise ArgumentTypeError(
+            f"valid has dtype {valid.dtype}; it must be boolean (True = usable)")
     return names, tuple(str(d) for d in dims)
 
 
@@ -198,7 +206,7 @@ def _lazy_reduce(
     labels = ["valid", *(f"cube[{n!r}]" for n in names)]
     for label, arr in zip(labels, arrays, strict=True):
         if arr.numblocks[0] != 1:
-            raise ValueError(
+            raise ArgumentError(
                 f"{label} is split into {arr.numblocks[0]} chunks along 'time' "
                 f"{arr.chunks[0]}; the composite reduces all observations of a pixel in one task, "
                 "so time must be a single chunk. Load with chunks={'time': -1, 'x': ..., "

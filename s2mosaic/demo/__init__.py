@@ -49,19 +49,7 @@ from pyproj import Transformer
 
 from .._spec import MosaicSpec
 from ..errors import SpecError, WriteError
-from ._scene import (
-    _COMMON_EPSG,
-    _DATES,
-    _DUP_DATE,
-    _OFFSET_DATE,
-    _SUN_AZIMUTH,
-    _SUN_ELEVATION,
-    _pixel_centres,
-    _render,
-    _Tile,
-    _tiles,
-    _World,
-)
+from . import _scene
 
 __all__ = ["DEMO_AOI_BBOX", "DEMO_PERIOD", "demo_spec", "make_demo_catalog"]
 
@@ -93,7 +81,7 @@ _BANDS = (
 )
 
 
-def _write_cog(path: Path, arr: NDArray[Any], tile: _Tile, res: int, resampling: str) -> None:
+def _write_cog(path: Path, arr: NDArray[Any], tile: _scene.Tile, res: int, resampling: str) -> None:
     # Force at least one overview level so even small test tiles are COGs with overviews.
     levels = max(1, math.ceil(math.log2(arr.shape[0] / 256)))
     grid = {"crs": f"EPSG:{tile.epsg}", "transform": tile.transform(res), "dtype": arr.dtype}
@@ -104,7 +92,7 @@ def _write_cog(path: Path, arr: NDArray[Any], tile: _Tile, res: int, resampling:
         dst.write(arr, 1)
 
 
-def _footprint(tile: _Tile, swath_cut: bool) -> dict[str, Any]:
+def _footprint(tile: _scene.Tile, swath_cut: bool) -> dict[str, Any]:
     """The valid-data outline in EPSG:4326, densified so it follows the projected edges."""
     w, s, e, n = tile.bounds()
     width = e - w
@@ -127,10 +115,11 @@ def _percent(mask: NDArray[np.bool_], of: int) -> float:
 
 
 def _item(
-    tile: _Tile, day: int, seq: int, baseline: str, generated: datetime, scl: NDArray[np.uint8]
+    tile: _scene.Tile, day: int, seq: int, baseline: str, generated: datetime,
+    scl: NDArray[np.uint8],
 ) -> pystac.Item:
     platform = "S2B" if day % 2 == 0 else "S2A"  # S2A and S2B alternate on one relative orbit
-    when = datetime.combine(_DATES[day], datetime.min.time(), UTC) + timedelta(
+    when = datetime.combine(_scene.DATES[day], datetime.min.time(), UTC) + timedelta(
         hours=10, minutes=26, seconds=47, milliseconds=24
     )
     valid = scl > 0
@@ -150,8 +139,8 @@ def _item(
         "grid:code": f"MGRS-{tile.mgrs}",
         "sat:relative_orbit": 65,
         "sat:orbit_state": "descending",
-        "view:sun_azimuth": _SUN_AZIMUTH,
-        "view:sun_elevation": _SUN_ELEVATION,
+        "view:sun_azimuth": _scene.SUN_AZIMUTH,
+        "view:sun_elevation": _scene.SUN_ELEVATION,
         "s2:mgrs_tile": tile.mgrs,
         "s2:product_type": "S2MSI2A",
         "s2:processing_baseline": baseline,
@@ -185,7 +174,7 @@ def _item(
 
 
 def _asset(
-    tile: _Tile, key: str, title: str, res: int, dtype: str, scaling: dict[str, float]
+    tile: _scene.Tile, key: str, title: str, res: int, dtype: str, scaling: dict[str, float]
 ) -> pystac.Asset:
     band = {"nodata": 0, "data_type": dtype, "spatial_resolution": float(res), **scaling}
     return pystac.Asset(
@@ -204,16 +193,16 @@ def _asset(
 
 def _generate(root: Path, seed: int, size: int) -> list[str]:
     """Write rasters and STAC JSON under ``root``; return the relative paths written."""
-    tiles = _tiles(size)
-    world = _World(seed, tiles)
+    tiles = _scene.tiles(size)
+    world = _scene.World(seed, tiles)
     scenes = []
     for tile_index, tile in enumerate(tiles):
-        at = _pixel_centres(tile)
-        scenes += [(tile_index, day, at, world.ground(at)) for day in range(len(_DATES))]
+        at = _scene.pixel_centres(tile)
+        scenes += [(tile_index, day, at, world.ground(at)) for day in range(len(_scene.DATES))]
 
     def render(k: int) -> tuple[NDArray[np.uint16], NDArray[np.uint8], NDArray[np.bool_]]:
         tile_index, day, at, ground = scenes[k]
-        return _render(world, ground, at, tile_index, day)
+        return _scene.render(world, ground, at, tile_index, day)
 
     items: list[pystac.Item] = []
     # Render the next scene (NumPy, mostly without the GIL) while GDAL writes this one.
@@ -223,14 +212,14 @@ def _generate(root: Path, seed: int, size: int) -> list[str]:
             (dn, scl, _), tile = ahead.result(), tiles[tile_index]
             if k + 1 < len(scenes):
                 ahead = pool.submit(render, k + 1)
-            generated = datetime.combine(_DATES[day], datetime.min.time(), UTC) + timedelta(
+            generated = datetime.combine(_scene.DATES[day], datetime.min.time(), UTC) + timedelta(
                 hours=12, minutes=(17 * day) % 60, seconds=11
             )
             # (sequence, baseline, generation time, DN shift); see the module docstring.
             versions = [(0, "03.01", generated, 0)]
-            if day == _OFFSET_DATE:
+            if day == _scene.OFFSET_DATE:
                 versions = [(0, "05.10", generated, 1000)]  # BOA offset from baseline 04.00 on
-            elif day == _DUP_DATE and tile_index == 0:
+            elif day == _scene.DUP_DATE and tile_index == 0:
                 later = datetime(2024, 7, 9, 8, 14, 27, tzinfo=UTC)
                 versions = [(0, "03.00", generated, 0), (1, "03.01", later, 1)]
             for seq, baseline, gen_time, shift in versions:
@@ -413,7 +402,7 @@ def demo_spec(catalog: str | Path, output_dir: str | Path) -> MosaicSpec:
         period=list(DEMO_PERIOD),
         source={"stac": str(catalog), "collection": _COLLECTION},
         bands=["red", "green", "blue", "nir"],
-        grid={"crs": f"EPSG:{_COMMON_EPSG}", "resolution": 10},
+        grid={"crs": f"EPSG:{_scene.COMMON_EPSG}", "resolution": 10},
         composite={"method": "percentile", "percentile": 25},
         output={"zarr": out / "mosaic.zarr", "cog": out / "mosaic.tif", "rgb": out / "rgb.png",
                 "overwrite": True},

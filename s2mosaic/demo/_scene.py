@@ -17,16 +17,16 @@ from pyproj import Transformer
 from rasterio.transform import Affine
 from scipy import ndimage
 
-_DATES = tuple(date(2024, 5, 2) + timedelta(days=5 * i) for i in range(12))
+DATES = tuple(date(2024, 5, 2) + timedelta(days=5 * i) for i in range(12))
 _CLOUD_FRACTION = (0.01, 0.30, 0.80, 0.15, 0.45, 0.05, 0.10, 0.65, 0.25, 0.03, 0.40, 0.20)
-_OFFSET_DATE, _SWATH_DATE, _DUP_DATE = 6, 8, 10  # 06-01 (both tiles), 06-11 (33TTN), 06-21 (32TQT)
+OFFSET_DATE, _SWATH_DATE, DUP_DATE = 6, 8, 10  # 06-01 (both tiles), 06-11 (33TTN), 06-21 (32TQT)
 _ZONE_LINE = (12.0, 47.5)  # lon, lat of the centre of the layout
-_COMMON_EPSG = 32632
+COMMON_EPSG = 32632
 # Shadows fall 720 m away from the sun (azimuth 146°, elevation 64°, clouds ~1.5 km high). The
 # shift is whole cells of the cloud lattices (200 m, 50 m), so shadows reuse the cloud fields.
 _SHADOW_SHIFT = (-400.0, 600.0)
-_SUN_AZIMUTH = round(math.degrees(math.atan2(-_SHADOW_SHIFT[0], -_SHADOW_SHIFT[1])) % 360, 1)
-_SUN_ELEVATION = round(math.degrees(math.atan2(1500, math.hypot(*_SHADOW_SHIFT))), 1)
+SUN_AZIMUTH = round(math.degrees(math.atan2(-_SHADOW_SHIFT[0], -_SHADOW_SHIFT[1])) % 360, 1)
+SUN_ELEVATION = round(math.degrees(math.atan2(1500, math.hypot(*_SHADOW_SHIFT))), 1)
 
 # Cover types: 0 early crop, 1 late crop, 2 grassland, 3 fallow, 4 forest, 5 urban/road, 6 water.
 # Pure spectra (B02, B03, B04, B08, reflectance x 10000) mixed with bare soil by a vegetation
@@ -41,7 +41,7 @@ _CLOUD_TINT = np.array([1.04, 1.02, 1.0, 0.96], dtype=np.float32)[:, None, None]
 
 
 @dataclass(frozen=True)
-class _Tile:
+class Tile:
     mgrs: str
     epsg: int
     x0: float
@@ -57,7 +57,7 @@ class _Tile:
         return (self.x0, self.y0 - 10 * self.size, self.x0 + 10 * self.size, self.y0)
 
 
-def _tiles(size: int) -> tuple[_Tile, _Tile]:
+def tiles(size: int) -> tuple[Tile, Tile]:
     """Two windows on the real MGRS squares either side of 12°E, each reaching 6 % past it."""
     lon, lat = _ZONE_LINE
     width, reach = 10 * size, 60 * round(0.6 * size / 60)
@@ -65,7 +65,7 @@ def _tiles(size: int) -> tuple[_Tile, _Tile]:
     for mgrs, epsg in (("32TQT", 32632), ("33TTN", 32633)):
         x, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(lon, lat)
         x0 = 60 * round((x + reach) / 60) - width if epsg == 32632 else 60 * round((x - reach) / 60)
-        tiles.append(_Tile(mgrs, epsg, float(x0), float(60 * round((y + width / 2) / 60)), size))
+        tiles.append(Tile(mgrs, epsg, float(x0), float(60 * round((y + width / 2) / 60)), size))
     return tiles[0], tiles[1]
 
 
@@ -122,11 +122,11 @@ def _hash01(a: NDArray[np.int64], b: NDArray[np.int64], seed: int) -> NDArray[np
     return ((h >> np.uint64(40)).astype(np.float32) / np.float32(2**24)).astype(np.float32)
 
 
-class _World:
+class World:
     """The ground and the weather, as functions of position in EPSG:32632 coordinates."""
 
-    def __init__(self, seed: int, tiles: tuple[_Tile, _Tile]) -> None:
-        to_common = Transformer.from_crs(tiles[1].epsg, _COMMON_EPSG, always_xy=True)
+    def __init__(self, seed: int, tiles: tuple[Tile, Tile]) -> None:
+        to_common = Transformer.from_crs(tiles[1].epsg, COMMON_EPSG, always_xy=True)
         w, s, e, n = tiles[0].bounds()
         xs, ys = to_common.transform(*np.meshgrid(tiles[1].bounds()[::2], tiles[1].bounds()[1::2]))
         w, s, e, n = min(w, xs.min()), min(s, ys.min()), max(e, xs.max()), max(n, ys.max())
@@ -134,7 +134,7 @@ class _World:
         # Sample points over the union of the tiles, to set each date's cloud fraction.
         self.sample = _Points(*np.meshgrid(np.linspace(w, e, 128), np.linspace(s, n, 128)))
         self.seed = seed
-        to_common = Transformer.from_crs(4326, _COMMON_EPSG, always_xy=True)
+        to_common = Transformer.from_crs(4326, COMMON_EPSG, always_xy=True)
         self.centre = to_common.transform(*_ZONE_LINE)
         rng = np.random.default_rng([seed, 1])
         self.forest, self.lake = _Field(rng, self.bounds, 250), _Field(rng, self.bounds, 300)
@@ -186,14 +186,14 @@ class _World:
 
 def _veg_fraction(day: int) -> NDArray[np.float32]:
     """Vegetation fraction per cover type on a date: crops ripen or green up, the rest is stable."""
-    t = (_DATES[day] - _DATES[0]).days
+    t = (DATES[day] - DATES[0]).days
     early = 0.85 - 0.55 * min(max((t - 28) / 22, 0), 1)
     late = 0.12 + 0.73 * min(max((t - 5) / 45, 0), 1)
     return np.array([early, late, 0.75, 0.08, 1, 1, 1], dtype=np.float32)
 
 
-def _render(
-    world: _World, ground: dict[str, NDArray[Any]], at: _Points, tile_index: int, day: int
+def render(
+    world: World, ground: dict[str, NDArray[Any]], at: _Points, tile_index: int, day: int
 ) -> tuple[NDArray[np.uint16], NDArray[np.uint8], NDArray[np.bool_]]:
     """One tile on one date: 10 m DNs (4, n, n), 20 m SCL, and the 10 m cloud/shadow truth."""
     n = at.x.shape[0]
@@ -244,9 +244,9 @@ def _swath_valid(n: int) -> NDArray[np.bool_]:
     return frac[None, :] < 0.55 + 0.40 * frac[:, None]
 
 
-def _pixel_centres(tile: _Tile) -> _Points:
+def pixel_centres(tile: Tile) -> _Points:
     cols, rows = np.meshgrid(np.arange(tile.size) + 0.5, np.arange(tile.size) + 0.5)
     x, y = tile.x0 + 10 * cols, tile.y0 - 10 * rows
-    if tile.epsg != _COMMON_EPSG:
-        x, y = Transformer.from_crs(tile.epsg, _COMMON_EPSG, always_xy=True).transform(x, y)
+    if tile.epsg != COMMON_EPSG:
+        x, y = Transformer.from_crs(tile.epsg, COMMON_EPSG, always_xy=True).transform(x, y)
     return _Points(x, y)

@@ -4,17 +4,8 @@
 s2cloudless modules import their heavy dependencies (torch, LightGBM) only when they run.
 """
 
-from .combine import (
-    MASKERS,
-    CloudMasker,
-    MaskContext,
-    buffer_pixels,
-    context_pixels,
-    dilate,
-    nodata_mask,
-    pixel_size_m,
-    valid_mask,
-)
+from ._context import CloudMasker, MaskContext, nodata_mask, pixel_size_m
+from .combine import MASKERS, buffer_pixels, context_pixels, dilate, valid_mask
 from .scl import scl_invalid
 
 __all__ = [

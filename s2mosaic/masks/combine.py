@@ -8,12 +8,8 @@ and never buffered (its edge pixels are genuine observations).
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Sequence
 
 import dask.array as da
 import numpy as np
@@ -21,43 +17,15 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from .._spec import MaskSpec
+from ._context import CloudMasker, MaskContext, nodata_mask, pixel_size_m
 
 __all__ = [
-    "CloudMasker",
-    "MaskContext",
+    "MASKERS",
     "buffer_pixels",
     "context_pixels",
-    "dask_inputs",
     "dilate",
-    "map_overlap_exact",
-    "nodata_mask",
-    "pixel_size_m",
     "valid_mask",
 ]
-
-_METRES_PER_DEGREE = 111_320.0
-
-
-@dataclass(frozen=True)
-class MaskContext:
-    """What a masker needs beyond the cube and the spec."""
-
-    geobox: GeoBox | None = None
-    """The output grid (for metres → pixels); None: read from the cube's coordinates."""
-    gpu: bool | None = None
-    """Whether the cluster has GPU workers (tasks needing a GPU are then annotated with the Dask
-    resource ``GPU``). None: ask the current ``distributed`` client, if any."""
-    models: Any = None
-    """OmniCloudMask only: a list of ``torch.nn.Module`` used instead of the weights directory
-    (tests, custom models). They travel inside the graph, so keep them for local schedulers."""
-
-
-class CloudMasker(Protocol):
-    """A cloud masker: lazy boolean ``(time, y, x)``, True where an observation is cloudy or
-    otherwise unusable according to that masker (its own nodata included)."""
-
-    def __call__(self, cube: xr.Dataset, mask: MaskSpec, ctx: MaskContext) -> xr.DataArray: ...
-
 
 def _scl(cube: xr.Dataset, mask: MaskSpec, ctx: MaskContext) -> xr.DataArray:
     from .._cube import SCL_VAR
@@ -111,44 +79,6 @@ def valid_mask(cube: xr.Dataset, bands: Sequence[str], mask: MaskSpec,
         grow = buffer_pixels(mask, cube, ctx.geobox)
         invalid = invalid | (dilate(clouds, grow) if any(grow) else clouds)
     return (~invalid).rename("valid")
-
-
-def nodata_mask(cube: xr.Dataset, bands: Sequence[str]) -> xr.DataArray:
-    """True where any of ``bands`` is its ``nodata`` value (attr, default 0)."""
-    masks = [cube[name] == cube[name].attrs.get("nodata", 0) for name in bands]
-    out = masks[0]
-    for other in masks[1:]:
-        out = out | other
-    return out
-
-
-def pixel_size_m(cube: xr.Dataset | xr.DataArray | None = None,
-                 geobox: GeoBox | None = None) -> tuple[float, float]:
-    """(y, x) pixel size in metres of ``geobox`` (or of the cube's ``y``/``x`` coordinates).
-
-    Geographic grids (degrees) are converted at the grid's centre latitude.
-    """
-    if geobox is not None:
-        res = geobox.resolution
-        ry, rx = abs(float(res.y)), abs(float(res.x))
-        geographic = bool(geobox.crs is not None and geobox.crs.geographic)
-        lat = float(geobox.extent.centroid.to_crs("EPSG:4326").coords[0][1]) if geographic else 0.0
-    elif cube is not None and cube.sizes.get("y", 0) > 1 and cube.sizes.get("x", 0) > 1:
-        ry = abs(float(cube.y[1] - cube.y[0]))
-        rx = abs(float(cube.x[1] - cube.x[0]))
-        crs = getattr(cube, "odc", None)
-        geographic = False
-        try:
-            geographic = bool(crs is not None and crs.crs is not None and crs.crs.geographic)
-        except Exception:  # no odc accessor or no CRS: treat as metres
-            geographic = False
-        lat = float(cube.y.mean()) if geographic else 0.0
-    else:
-        raise ValueError("pixel size unknown: pass the output geobox, or a cube with y/x "
-                         "coordinates")
-    if geographic:
-        return (ry * _METRES_PER_DEGREE, rx * _METRES_PER_DEGREE * math.cos(math.radians(lat)))
-    return ry, rx
 
 
 def buffer_pixels(mask: MaskSpec, cube: xr.Dataset | None = None,
@@ -207,70 +137,3 @@ def _dilate_block(block: np.ndarray, py: int, px: int) -> np.ndarray:
     structure = np.zeros((1, 2 * py + 1, 2 * px + 1), dtype=bool)
     structure[0] = True  # never across time
     return binary_dilation(block, structure=structure)
-
-
-# -- chunked windows with a halo ----------------------------------------------------------------
-def dask_inputs(cube: xr.Dataset, names: Sequence[str]) -> list[da.Array]:
-    """The variables ``names`` as Dask arrays with one chunking (that of the first Dask-backed
-    one; NumPy-backed variables are wrapped in it)."""
-    data = [cube[n].data for n in names]
-    ref = next((d for d in data if isinstance(d, da.Array)), None)
-    chunks: Any = ref.chunks if ref is not None else -1
-    out = []
-    for d in data:
-        if not isinstance(d, da.Array):
-            d = da.from_array(np.asarray(d), chunks=chunks)
-        elif d.chunks != chunks:
-            d = d.rechunk(chunks)
-        out.append(d)
-    return out
-
-
-def plan_chunks(chunks: tuple[int, ...], depth: int, multiple: int = 1) -> tuple[int, ...]:
-    """Chunks along one axis on which a halo of ``depth`` works and every chunk but the last
-    starts at a multiple of ``multiple``: each chunk at least ``depth`` long (the last merged
-    into its neighbour otherwise). ``chunks`` is returned unchanged when it already fits."""
-    n = sum(chunks)
-    aligned = all(c % multiple == 0 for c in chunks[:-1])
-    if aligned and (len(chunks) == 1 or min(chunks) >= depth):
-        return chunks
-    size = max(chunks[0], depth, 1)
-    size = -(-size // multiple) * multiple
-    out = [size] * (n // size)
-    if n % size:
-        out.append(n % size)
-    if len(out) > 1 and out[-1] < depth:
-        last = out.pop()
-        out[-1] += last
-    return tuple(out)
-
-
-def map_overlap_exact(func: Callable[..., np.ndarray], arrays: Sequence[da.Array], *,
-                      depth: tuple[int, int], dtype: Any, multiple: tuple[int, int] = (1, 1),
-                      annotate: AbstractContextManager[Any] | None = None,
-                      name: str | None = None, **kwargs: Any) -> da.Array:
-    """Run ``func`` on windows of (time, y, x) ``arrays``: each chunk plus ``depth`` (y, x)
-    pixels of its neighbours, trimmed after.
-
-    No padding beyond the array edges (``boundary="none"``): a window there is just shorter, as
-    when the whole array is processed at once. Chunks are first made at least ``depth`` long
-    and aligned to ``multiple`` (y, x) so that every window starts at a multiple of it (for
-    in-window decimation); the result comes back in the input's chunks. Only the ``func`` layer
-    is built inside ``annotate`` (e.g. ``dask.annotate(resources={"GPU": 1})``).
-    """
-    first = arrays[0]
-    target = (first.chunks[0],
-              plan_chunks(first.chunks[1], depth[0], multiple[0]),
-              plan_chunks(first.chunks[2], depth[1], multiple[1]))
-    if target != first.chunks:
-        arrays = [a.rechunk(target) for a in arrays]
-    # An axis in one chunk has no neighbours to borrow from.
-    d = {0: 0, 1: depth[0] if len(target[1]) > 1 else 0, 2: depth[1] if len(target[2]) > 1 else 0}
-    boundary = {0: "none", 1: "none", 2: "none"}
-    padded = [da.overlap.overlap(a, depth=d, boundary=boundary, allow_rechunk=False)
-              for a in arrays]
-    with annotate if annotate is not None else contextlib.nullcontext():
-        out = da.map_blocks(func, *padded, dtype=dtype, meta=np.array((), dtype=dtype),
-                            token=name, **kwargs)
-    out = da.overlap.trim_internal(out, d, boundary=boundary)
-    return out.rechunk(first.chunks) if target != first.chunks else out

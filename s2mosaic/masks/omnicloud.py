@@ -39,7 +39,8 @@ import xarray as xr
 
 from .._spec import OCM_WEIGHTS_ENV, MaskSpec
 from ..errors import CubeError, MissingDependencyError, ModelWeightsError
-from .combine import MaskContext, dask_inputs, map_overlap_exact, nodata_mask, pixel_size_m
+from ._chunks import dask_inputs, map_overlap_exact
+from ._context import MaskContext, nodata_mask, pixel_size_m
 
 __all__ = [
     "NO_INPUT",

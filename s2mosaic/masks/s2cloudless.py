@@ -24,7 +24,8 @@ import xarray as xr
 
 from .._spec import MaskSpec
 from ..errors import CubeError, MissingDependencyError
-from .combine import dask_inputs, map_overlap_exact, nodata_mask
+from ._chunks import dask_inputs, map_overlap_exact
+from ._context import nodata_mask
 
 __all__ = ["s2cloudless_clouds", "s2cloudless_invalid", "s2cloudless_probability"]
 

@@ -1,0 +1,275 @@
+"""What a Sentinel-2 STAC item means: the one place that reads an item's fields.
+
+Band and asset keys (Earth Search ``red``/``nir`` and Planetary Computer ``B04``/``B08`` alike),
+acquisition time and solar day, MGRS tile, processing baseline and BOA offset, asset nodata and
+the footprint. Every stage (search, select, grid, cube, plan, preview, run) asks here, so items
+are interpreted the same way everywhere. This module depends on no stage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from typing import Protocol
+
+import pystac
+import shapely.geometry
+from shapely.geometry.base import BaseGeometry
+
+from .errors import DataError, SearchError
+
+__all__ = [
+    "EARTH_SEARCH_NAMES",
+    "OCM_BANDS",
+    "S2CLOUDLESS_BANDS",
+    "S2CLOUDLESS_MODEL_BANDS",
+    "MaskBands",
+    "asset_dtype",
+    "asset_nodata",
+    "boa_offset",
+    "footprint",
+    "footprint_bounds",
+    "format_baseline",
+    "item_datetime",
+    "mask_band_keys",
+    "mgrs_tile",
+    "processing_baseline",
+    "resolve_band",
+    "scl_asset_key",
+    "solar_day",
+]
+
+#: OmniCloudMask inputs: red, green, NIR. Each entry lists the names tried in turn (ESA id, then
+#: Earth Search key); NIR is B8A (as OCM's own Sentinel-2 loader reads) or else B08.
+OCM_BANDS: tuple[tuple[str, ...], ...] = (("B04", "red"), ("B03", "green"),
+                                          ("B8A", "nir08", "B08", "nir"))
+#: s2cloudless inputs in its model's order: all 13 L1C bands (``all_bands=True``) ...
+S2CLOUDLESS_BANDS: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08",
+                                      "B8A", "B09", "B10", "B11", "B12")
+#: ... or only the 10 its classifier uses (``all_bands=False``).
+S2CLOUDLESS_MODEL_BANDS: tuple[str, ...] = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09",
+                                            "B10", "B11", "B12")
+#: ESA band id → Earth Search asset key.
+EARTH_SEARCH_NAMES: dict[str, str] = {
+    "B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1",
+    "B06": "rededge2", "B07": "rededge3", "B08": "nir", "B8A": "nir08", "B09": "nir09",
+    "B10": "cirrus", "B11": "swir16", "B12": "swir22",
+}
+
+_REFLECTANCE = re.compile(r"B(0[1-9]|1[0-2]|8A)")
+_REFLECTANCE_NAMES = {"coastal", "blue", "green", "red", "rededge", "nir", "nir08", "nir09",
+                      "cirrus", "swir16", "swir22"}
+_MGRS_IN_ID = re.compile(r"(?:^|_)T?(\d{2}[C-X][A-Z]{2})(?:_|$)")
+
+
+class MaskBands(Protocol):
+    """What :func:`mask_band_keys` reads of a ``MaskSpec`` (so this module needs no spec)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def uses_ocm(self) -> bool: ...
+    @property
+    def s2cloudless_all_bands(self) -> bool: ...
+
+
+# -- bands and assets -----------------------------------------------------------------------------
+def _names(asset: pystac.Asset) -> set[str]:
+    out: set[str] = set()
+    for b in asset.extra_fields.get("eo:bands") or []:
+        for k in ("name", "common_name"):
+            if isinstance(b, dict) and b.get(k):
+                out.add(str(b[k]).lower())
+    return out
+
+
+def resolve_band(item: pystac.Item, name: str) -> str:
+    """The asset key of band ``name`` in ``item``.
+
+    ``name`` may be an asset key (``B04``, ``red``) or an ``eo:bands`` name or common name, so
+    Earth Search names (``red``, ``nir``) and Planetary Computer names (``B04``, ``B08``) both
+    work against either catalog.
+    """
+    if name in item.assets:
+        return name
+    low = name.lower()
+    for key in item.assets:
+        if key.lower() == low:
+            return key
+    for key, asset in item.assets.items():
+        if low in _names(asset):
+            return key
+    available = []
+    for key, asset in item.assets.items():
+        common = sorted(_names(asset) - {key.lower()})
+        available.append(f"{key} ({'/'.join(common)})" if common else key)
+    raise DataError(
+        f"band {name!r} (spec field 'bands') not found in item {item.id!r}; its assets are "
+        f"{available}. Use an asset key or an eo:bands common name from that list."
+    )
+
+
+def scl_asset_key(item: pystac.Item) -> str:
+    """The asset key of the scene classification layer (``SCL`` or ``scl``)."""
+    for key in item.assets:
+        if key.lower() == "scl":
+            return key
+    raise DataError(
+        f"item {item.id!r} has no SCL asset (assets: {sorted(item.assets)}); SCL masking "
+        "(mask.method: scl) needs an L2A collection with the scene classification layer"
+    )
+
+
+def _resolve_first(item: pystac.Item, names: Sequence[str], field: str) -> str:
+    for name in names:
+        try:
+            return resolve_band(item, name)
+        except DataError:
+            continue
+    raise DataError(
+        f"item {item.id!r} has none of the bands {list(names)} that {field} needs (assets: "
+        f"{sorted(item.assets)}); use a collection that has them, or another mask.method"
+    )
+
+
+def mask_band_keys(item: pystac.Item, mask: MaskBands) -> list[str]:
+    """Asset keys of the bands ``mask.method``'s cloud masker reads, in the masker's order.
+
+    OmniCloudMask: red, green, NIR (B8A, else B08). s2cloudless: the 13 L1C bands (or the 10 its
+    model uses). SCL is not listed here (see :func:`scl_asset_key`). Empty for ``scl``/``none``.
+    """
+    field = f"mask.method {mask.method}"
+    if mask.uses_ocm:
+        return [_resolve_first(item, names, field) for names in OCM_BANDS]
+    if mask.method == "s2cloudless":
+        bands = S2CLOUDLESS_BANDS if mask.s2cloudless_all_bands else S2CLOUDLESS_MODEL_BANDS
+        return [_resolve_first(item, (b, EARTH_SEARCH_NAMES[b]), field) for b in bands]
+    return []
+
+
+def asset_dtype(item: pystac.Item, key: str) -> str:
+    """The data type of asset ``key`` from its ``raster:bands`` (``uint16`` when it declares none,
+    as Sentinel-2 L2A reflectance is)."""
+    bands = item.assets[key].extra_fields.get("raster:bands") or [{}]
+    d = bands[0].get("data_type") if isinstance(bands[0], dict) else None
+    return str(d) if d else "uint16"
+
+
+def asset_nodata(item: pystac.Item, key: str) -> int:
+    """The nodata value of asset ``key`` from its ``raster:bands`` (0 when it declares none)."""
+    bands = item.assets[key].extra_fields.get("raster:bands") or [{}]
+    nodata = bands[0].get("nodata", 0) if isinstance(bands[0], dict) else 0
+    return int(nodata) if nodata is not None else 0
+
+
+# -- time and place -------------------------------------------------------------------------------
+def item_datetime(item: pystac.Item) -> dt.datetime:
+    """The acquisition time of an item: ``datetime``, else ``start_datetime``."""
+    when = item.datetime or item.common_metadata.start_datetime
+    if when is None:
+        raise SearchError(f"item {item.id!r} has no datetime (nor start_datetime); every item "
+                          "needs one to be placed in the period")
+    return when
+
+
+def solar_day(item: pystac.Item) -> dt.date:
+    """The local solar date of the acquisition (UTC shifted by the footprint centre's longitude).
+
+    Adjacent tiles of one overpass share it, so the cube fuses them into one observation.
+    """
+    when = item_datetime(item)
+    fp = footprint(item)
+    lon = fp.centroid.x if fp is not None else 0.0
+    return (when + dt.timedelta(seconds=lon * 240)).date()  # 240 s of solar time per degree
+
+
+def mgrs_tile(item: pystac.Item) -> str | None:
+    """The MGRS tile of an item (``"32TNS"``) from ``s2:mgrs_tile``, the mgrs/grid extensions or
+    the id; None when none says."""
+    p = item.properties
+    if p.get("s2:mgrs_tile"):
+        return str(p["s2:mgrs_tile"]).upper().removeprefix("T")
+    if {"mgrs:utm_zone", "mgrs:latitude_band", "mgrs:grid_square"} <= p.keys():
+        zone, band, square = p["mgrs:utm_zone"], p["mgrs:latitude_band"], p["mgrs:grid_square"]
+        return f"{int(zone):02d}{band}{square}".upper()
+    code = p.get("grid:code", "")
+    if isinstance(code, str) and code.upper().startswith("MGRS-"):
+        return code[5:].upper()
+    m = _MGRS_IN_ID.search(item.id)
+    return m.group(1) if m else None
+
+
+def footprint(item: pystac.Item) -> BaseGeometry | None:
+    """The item's footprint (shapely, EPSG:4326) from its ``geometry``; None when it has none."""
+    if item.geometry is None:
+        return None
+    return shapely.geometry.shape(item.geometry)
+
+
+def footprint_bounds(item: pystac.Item) -> tuple[float, float, float, float] | None:
+    """``(west, south, east, north)`` in EPSG:4326: the item's ``bbox``, else its footprint's
+    bounds; None when it has neither."""
+    if item.bbox is not None:
+        b = [float(v) for v in item.bbox]
+        if len(b) == 6:  # 3D: west, south, min height, east, north, max height
+            return b[0], b[1], b[3], b[4]
+        return b[0], b[1], b[2], b[3]
+    fp = footprint(item)
+    if fp is None:
+        return None
+    w, s, e, n = (float(v) for v in fp.bounds)
+    return w, s, e, n
+
+
+# -- processing baseline and reflectance scale ----------------------------------------------------
+def processing_baseline(item: pystac.Item) -> tuple[int, ...]:
+    """The processing baseline as numbers (``(5, 10)`` for ``"05.10"``); ``()`` when unknown.
+
+    From ``s2:processing_baseline`` or ``processing:version``, else the ``_Nxxyy_`` of the
+    product URI or the id.
+    """
+    p = item.properties
+    text = p.get("s2:processing_baseline") or p.get("processing:version") or ""
+    if not text:
+        m = re.search(r"_N(\d{2})(\d{2})_", str(p.get("s2:product_uri", "")) + "_" + item.id + "_")
+        text = f"{m.group(1)}.{m.group(2)}" if m else ""
+    try:
+        return tuple(int(x) for x in str(text).split("."))
+    except ValueError:
+        return ()
+
+
+def format_baseline(item: pystac.Item) -> str:
+    """The processing baseline as ESA writes it (``"05.10"``), ``"unknown"`` when not known."""
+    return ".".join(f"{x:02d}" for x in processing_baseline(item)) or "unknown"
+
+
+def boa_offset(item: pystac.Item, asset_key: str) -> int:
+    """The offset in DN to add to ``asset_key`` of ``item`` to reach reflectance × 10000.
+
+    Products with processing baseline ≥ 04.00 store DN = reflectance × 10000 + 1000 (ESA's
+    ``BOA_ADD_OFFSET`` of −1000). Decided in this order:
+
+    1. ``earthsearch:boa_offset_applied: true``: Earth Search already subtracted it → 0
+       (its ``raster:bands`` still lists −0.1, so the flag must win).
+    2. the asset's ``raster:bands[0].offset`` / ``scale`` when an offset is declared;
+    3. baseline ≥ 04.00 without any declaration (e.g. Planetary Computer) → −1000 for
+       reflectance bands (B01–B12, B8A, or their common names); AOT/WVP/SCL are not shifted;
+    4. otherwise 0.
+    """
+    if item.properties.get("earthsearch:boa_offset_applied") is True:
+        return 0
+    asset = item.assets.get(asset_key)
+    bands = (asset.extra_fields.get("raster:bands") if asset is not None else None) or []
+    if bands and isinstance(bands[0], dict) and "offset" in bands[0]:
+        offset = float(bands[0].get("offset") or 0.0)
+        scale = float(bands[0].get("scale") or 0.0001)
+        return round(offset / scale)
+    reflectance = (asset is not None and "reflectance" in (asset.roles or [])) or bool(
+        _REFLECTANCE.fullmatch(asset_key.upper()))
+    if asset is not None and not reflectance:
+        names = {str(b.get("common_name", "")) for b in asset.extra_fields.get("eo:bands") or []
+                 if isinstance(b, dict)}
+        reflectance = bool(names & _REFLECTANCE_NAMES)
+    return -1000 if reflectance and processing_baseline(item) >= (4, 0) else 0
