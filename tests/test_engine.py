@@ -7,11 +7,8 @@ for byte with one-tile runs; a series CLI run SIGKILLed mid-way and resumed in a
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ from s2mosaic._timeseries_run import run_gapfill, run_series
 from s2mosaic.demo import demo_spec
 from s2mosaic.errors import WriteError
 
+from .killing import kill_after_tiles
 from .test_demo_pipeline import _single_tile_aoi
 
 BANDS = ["red", "green", "blue", "nir", "count"]
@@ -59,11 +57,6 @@ def _assert_same_store(a: Path, b: Path) -> None:
         assert ca[rel] == cb[rel], rel
     za, zb = xr.open_zarr(a, mask_and_scale=False), xr.open_zarr(b, mask_and_scale=False)
     assert za.attrs == zb.attrs
-
-
-def _manifest_tiles(store: Path) -> int:
-    path = store / "s2mosaic_run" / "manifest.jsonl"
-    return len(path.read_text().splitlines()) - 1 if path.exists() else 0
 
 
 # -- selection per period ----------------------------------------------------------------------
@@ -175,20 +168,8 @@ def test_series_killed_mid_run_resumes_byte_identical(demo_catalog: Path, tmp_pa
     spec_file = tmp_path / "k.yaml"
     spec.to_yaml(spec_file)
     store = tmp_path / "k" / "s.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "s2mosaic.cli", "series", str(spec_file)],
-                            start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 120
-        while _manifest_tiles(store) < 1:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.time() < deadline, "the series never got going"
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    killed_at = _manifest_tiles(store)
-    assert 1 <= killed_at < 9, killed_at
+    killed_at = kill_after_tiles(["series", str(spec_file)], store, 1)
+    assert killed_at == 1
     assert not (tmp_path / "k" / "s_2024-05-01.tif").exists()
     resumed = subprocess.run([sys.executable, "-m", "s2mosaic.cli", "series", str(spec_file),
                               "--resume"], capture_output=True, text=True, timeout=300)

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from s2mosaic._spec import MosaicSpec, RuntimeSpec
 from s2mosaic.demo import DEMO_AOI_BBOX, demo_spec
 from s2mosaic.errors import RunError, SpecError, WriteError
 
+from .killing import kill_after_tiles, manifest_tiles
 from .oracle import assert_identical_outputs
 
 BANDS = ["red", "green", "blue", "nir", "count"]
@@ -245,9 +245,6 @@ def test_failed_tiles_leave_the_rest_written_and_resume_finishes(
     assert_identical_outputs(clean[128].output, spec.output)
 
 
-def _manifest_lines(store: Path) -> int:
-    path = store / "s2mosaic_run" / "manifest.jsonl"
-    return len(path.read_text().splitlines()) - 1 if path.exists() else 0
 
 
 def test_sigkill_of_the_whole_run_then_resume_is_byte_identical(
@@ -258,21 +255,9 @@ def test_sigkill_of_the_whole_run_then_resume_is_byte_identical(
     spec_file = tmp_path / "killed.yaml"
     spec.to_yaml(spec_file)
     store = tmp_path / "killed" / "m.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "s2mosaic.cli", "run", str(spec_file)],
-                            start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 120
-        while _manifest_lines(store) < 3:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.time() < deadline, "the run never got going"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    killed_at = kill_after_tiles(["run", str(spec_file)], store, 3)
     total = len(tiles(xr.open_zarr(store).odc.geobox, 64))
-    killed_at = _manifest_lines(store)
-    assert 3 <= killed_at < total, (killed_at, total)
+    assert killed_at == 3 < total, (killed_at, total)
     resumed = subprocess.run([sys.executable, "-m", "s2mosaic.cli", "run", str(spec_file),
                               "--resume", "--scheduler", "synchronous"],
                              capture_output=True, text=True, timeout=300)
@@ -296,7 +281,7 @@ def test_a_worker_killed_mid_run_changes_nothing(demo_catalog: Path, tmp_path: P
         killed: list[str] = []
 
         def kill_one() -> None:
-            while _manifest_lines(store) < 2:
+            while manifest_tiles(store) < 2:
                 time.sleep(0.02)
             victim = sorted(client.scheduler_info()["workers"])[0]
             killed.append(victim)
