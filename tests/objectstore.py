@@ -15,6 +15,7 @@ It binds 127.0.0.1 only (port 0: the OS picks a free one) and serves only below 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import http.server
@@ -96,6 +97,7 @@ class ObjectStore:
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._conns: set[socket.socket] = set()
         self.port = 0
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -118,6 +120,11 @@ class ObjectStore:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:  # kept-alive connections too: a server that is down answers nothing
+            conns, self._conns = list(self._conns), set()
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
 
     def down(self, seconds: float) -> threading.Thread:
         """Refuse connections for ``seconds`` (the server is stopped, then started again on the
@@ -192,6 +199,17 @@ def _handler(store: ObjectStore) -> type[http.server.BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             pass
 
+        def setup(self) -> None:
+            super().setup()
+            with store._lock:
+                store._conns.add(self.connection)
+
+        def finish(self) -> None:
+            with store._lock:
+                store._conns.discard(self.connection)
+            with contextlib.suppress(OSError):
+                super().finish()
+
         def do_HEAD(self) -> None:
             self._serve(body=False)
 
@@ -204,10 +222,8 @@ def _handler(store: ObjectStore) -> type[http.server.BaseHTTPRequestHandler]:
             token = urllib.parse.parse_qs(parsed.query).get("token", [None])[0]
             rng = self.headers.get("Range")
             req = Request(self.command, rel, rng, 0, 0, token=token)
-            try:
-                self._answer(req, rel, token, rng, body)
-            finally:
-                store._record(req)
+            store._record(req)  # logged now, completed below: a client never outruns the log
+            self._answer(req, rel, token, rng, body)
 
         def _answer(self, req: Request, rel: str, token: str | None, rng: str | None,
                     body: bool) -> None:
