@@ -3,8 +3,10 @@
 odc-stac is the default loader, stackstac the alternative. Either way: items are fused per
 solar day (adjacent tiles of one overpass become one observation, so their overlap is not
 counted twice), each spatial chunk holds the whole time axis (the reducer needs it and a later
-rechunk would be a shuffle), dtypes stay ``uint16``/``uint8``, and products with a BOA offset are
-brought back to reflectance × 10000 chunk by chunk.
+rechunk would be a shuffle), every band loads with the data type and nodata its items declare (or
+that :func:`s2mosaic._items.band_type` knows for Sentinel-2 collections that declare none, such
+as Planetary Computer's), so the cube stays ``uint16``/``uint8`` and never turns float, and
+products with a BOA offset are brought back to reflectance × 10000 chunk by chunk.
 
 GDAL settings live here only. They go through ``odc.stac.configure_rio``, which odc-stac captures
 into the graph when it is built and re-applies inside every read task, so workers get them
@@ -25,7 +27,8 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from ._items import (
-    asset_nodata,
+    BandType,
+    band_type,
     boa_offset,
     item_datetime,
     mask_band_keys,
@@ -40,6 +43,7 @@ __all__ = [
     "GDAL_SETTINGS",
     "MASK_BANDS_ATTR",
     "SCL_VAR",
+    "band_types",
     "load_cube",
     "observation_count",
     "observation_groups",
@@ -92,10 +96,13 @@ def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) ->
     """Lazily load ``spec.bands``, SCL and the cloud masker's bands of ``items`` onto ``geobox``.
 
     Returns an ``xr.Dataset`` with one ``(time, y, x)`` variable per band, named as in
-    ``spec.bands`` (``uint16``, attr ``nodata``), ``scl`` (``uint8``) when ``mask.method``
-    reads SCL, and ``mask_<asset>`` for each band the cloud masker needs that ``spec.bands``
-    does not already hold; attr ``mask_bands`` lists the masker's input variables in its band
-    order. Chunks are ``(all times, spec.runtime.chunks, spec.runtime.chunks)``.
+    ``spec.bands`` (``uint16`` for Sentinel-2 reflectance, attr ``nodata``), ``scl``
+    (``uint8``, attr ``nodata``) when ``mask.method`` reads SCL, and ``mask_<asset>`` for each
+    band the cloud masker needs that ``spec.bands`` does not already hold; attr ``mask_bands``
+    lists the masker's input variables in its band order. Chunks are
+    ``(all times, spec.runtime.chunks, spec.runtime.chunks)``. Data types and nodata come from
+    :func:`band_types`, which raises :class:`~s2mosaic.errors.DataError` (naming the collection,
+    asset and spec field) for an asset nothing declares a data type for.
     """
     if not items:
         raise CubeError("no items to load; search returned nothing for this spec")
@@ -116,11 +123,12 @@ def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) ->
                                 f"item {ref.id!r} has; mixed collections in one mosaic?")
         if scl is not None and scl not in item.assets:
             raise DataError(f"item {item.id!r} lacks the {scl!r} asset needed for masking")
+    types = {key: band_types(items, key, spec) for key in [*keys.values(), *([scl] if scl else [])]}
     item_keys, offsets = observation_groups(items, keys)
     if spec.runtime.loader == "stackstac":
-        ds = _load_stackstac(items, keys, scl, item_keys, geobox, spec)
+        ds = _load_stackstac(items, keys, scl, types, item_keys, geobox, spec)
     else:
-        ds = _load_odc(items, keys, scl, item_keys, geobox, spec)
+        ds = _load_odc(items, keys, scl, types, item_keys, geobox, spec)
     if ds.sizes["time"] != len(offsets):  # pragma: no cover - guards the grouping contract
         raise CubeError(f"loader returned {ds.sizes['time']} time slices for {len(offsets)} groups")
     ds = _harmonise(ds, list(keys), offsets)
@@ -129,13 +137,41 @@ def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) ->
     return ds
 
 
-def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | None, item_keys: list[Any],
-              geobox: GeoBox, spec: MosaicSpec) -> xr.Dataset:
+def band_types(items: Sequence[pystac.Item], key: str, spec: MosaicSpec) -> BandType:
+    """The data type and nodata asset ``key`` loads with (:func:`s2mosaic._items.band_type`,
+    with the spec's ``source.band_dtypes``/``source.nodata``), the same for every item.
+
+    Items that disagree (one declares nodata 0, another 65535) raise: one cube variable has one
+    nodata value, and loading both with either would take the other's nodata for data.
+    """
+    src = spec.source
+    ref = band_type(items[0], key, dtypes=src.band_dtypes, nodata=src.nodata)
+    for item in items[1:]:
+        t = band_type(item, key, dtypes=src.band_dtypes, nodata=src.nodata)
+        same_nodata = t.nodata == ref.nodata or (np.isnan(t.nodata) and np.isnan(ref.nodata))
+        if t.dtype != ref.dtype or not same_nodata:
+            raise DataError(
+                f"asset {key!r}: item {items[0].id!r} has data type {ref.dtype} nodata "
+                f"{ref.nodata} ({ref.source}) but item {item.id!r} has {t.dtype} nodata "
+                f"{t.nodata} ({t.source}); mixed collections in one mosaic? Set source.band_dtypes "
+                f"and source.nodata (e.g. {{{key}: {ref.nodata}}}) to load every item alike"
+            )
+    return ref
+
+
+def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | None,
+              types: dict[str, BandType], item_keys: list[Any], geobox: GeoBox,
+              spec: MosaicSpec) -> xr.Dataset:
     import odc.stac
 
     odc.stac.configure_rio(cloud_defaults=True, **GDAL_SETTINGS)
     index = {item.id: k for item, k in zip(items, item_keys, strict=True)}
     chunk = spec.runtime.chunks
+    # One config for every item whatever its collection (odc-stac reads a top-level "assets" as
+    # such): each asset's type, decided above, wins over odc-stac's float32 default for assets
+    # without raster:bands.
+    stac_cfg = {"assets": {key: {"data_type": t.dtype, "nodata": t.nodata}
+                           for key, t in types.items()}}
     with warnings.catch_warnings():
         # odc-loader warps the 20 m SCL through in-memory arrays; rasterio warns they lack a
         # geotransform although odc passes one explicitly.
@@ -148,6 +184,7 @@ def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | Non
             groupby=lambda item, _parsed, _idx: index[item.id],
             resampling={"*": spec.grid.resampling, **({scl: "nearest"} if scl else {})},
             fail_on_error=True,
+            stac_cfg=stac_cfg,
         )
     rename = {key: name for name, key in keys.items()}
     if scl:
@@ -156,7 +193,8 @@ def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | Non
 
 
 def _load_stackstac(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | None,
-                    item_keys: list[Any], geobox: GeoBox, spec: MosaicSpec) -> xr.Dataset:
+                    types: dict[str, BandType], item_keys: list[Any], geobox: GeoBox,
+                    spec: MosaicSpec) -> xr.Dataset:
     try:
         import stackstac
     except ImportError:
@@ -173,11 +211,12 @@ def _load_stackstac(items: Sequence[pystac.Item], keys: dict[str, str], scl: str
     env = stackstac.DEFAULT_GDAL_ENV.updated(always=GDAL_SETTINGS)
     layers: dict[str, xr.DataArray] = {}
     assets = {**keys, **({SCL_VAR: scl} if scl else {})}
+    plain = [_plain_item(item) for item in items]
     for name, key in assets.items():
-        dtype = np.dtype("uint8" if name == SCL_VAR else "uint16")
-        nodata = asset_nodata(items[0], key)
+        dtype = np.dtype(types[key].dtype)
+        nodata = types[key].nodata
         arr = stackstac.stack(
-            list(items), assets=[key], epsg=epsg, resolution=(abs(res.x), abs(res.y)),
+            plain, assets=[key], epsg=epsg, resolution=(abs(res.x), abs(res.y)),
             bounds=(b.left, b.bottom, b.right, b.top), snap_bounds=False,
             resampling=Resampling.nearest if name == SCL_VAR else Resampling[spec.grid.resampling],
             # a numpy scalar: stackstac checks np.can_cast(type(fill_value), dtype)
@@ -201,6 +240,19 @@ def _load_stackstac(items: Sequence[pystac.Item], keys: dict[str, str], scl: str
     return ds.assign_coords(time=np.array(times)).assign_coords(xr_coords(geobox))
 
 
+def _plain_item(item: pystac.Item) -> dict[str, Any]:
+    """The item as the dict stackstac reads, with absolute asset hrefs.
+
+    stackstac would call ``item.to_dict()``, which resolves the item's root link to rewrite link
+    hrefs: an HTTP request per item for API items (the Planetary Computer root), and a failure
+    offline.
+    """
+    d = item.to_dict(include_self_link=False, transform_hrefs=False)
+    for key, asset in d.get("assets", {}).items():
+        asset["href"] = item.assets[key].get_absolute_href() or asset["href"]
+    return d
+
+
 def _harmonise(ds: xr.Dataset, bands: list[str], offsets: list[tuple[int, ...]]) -> xr.Dataset:
     """Add each time slice's BOA offset (≤ 0, in DN) to its valid pixels, in uint16.
 
@@ -216,20 +268,20 @@ def _harmonise(ds: xr.Dataset, bands: list[str], offsets: list[tuple[int, ...]])
             raise DataError(f"band {name!r}: positive BOA offsets {sorted(set(per_time.tolist()))} "
                             "are not supported (expected 0 or negative DN offsets such as -1000)")
         var = ds[name]
-        nodata = int(var.attrs.get("nodata", 0))
+        nodata = var.attrs.get("nodata", 0)
         data = da.map_blocks(_apply_offset, var.data, offsets=per_time, nodata=nodata,
                              dtype=var.dtype)
         out[name] = var.copy(data=data)
     return out
 
 
-def _apply_offset(block: np.ndarray, *, offsets: np.ndarray, nodata: int) -> np.ndarray:
+def _apply_offset(block: np.ndarray, *, offsets: np.ndarray, nodata: float) -> np.ndarray:
     out = block.copy()
     for t, off in enumerate(offsets.tolist()):
         if off == 0:
             continue
         v = out[t]
-        ok = v != nodata
+        ok = ~np.isnan(v) if np.isnan(nodata) else v != nodata
         np.maximum(v, -off + 1, out=v, where=ok)
         np.subtract(v, -off, out=v, where=ok)
     return out

@@ -1,8 +1,9 @@
 """What a Sentinel-2 STAC item means: the one place that reads an item's fields.
 
 Band and asset keys (Earth Search ``red``/``nir`` and Planetary Computer ``B04``/``B08`` alike),
-acquisition time and solar day, MGRS tile, processing baseline and BOA offset, asset nodata and
-the footprint. Every stage (search, select, grid, cube, plan, preview, run) asks here, so items
+acquisition time and solar day, MGRS tile, processing baseline and BOA offset, each asset's
+data type and nodata (declared, or from the Sentinel-2 table when an item declares none) and the
+footprint. Every stage (search, select, grid, cube, plan, preview, run) asks here, so items
 are interpreted the same way everywhere. This module depends on no stage.
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import pystac
@@ -24,9 +26,13 @@ __all__ = [
     "OCM_BANDS",
     "S2CLOUDLESS_BANDS",
     "S2CLOUDLESS_MODEL_BANDS",
+    "S2_ASSET_TYPES",
+    "S2_COLLECTIONS",
+    "BandType",
     "MaskBands",
     "asset_dtype",
     "asset_nodata",
+    "band_type",
     "boa_offset",
     "footprint",
     "footprint_bounds",
@@ -148,19 +154,160 @@ def mask_band_keys(item: pystac.Item, mask: MaskBands) -> list[str]:
     return []
 
 
+# -- data type and nodata -------------------------------------------------------------------------
+#: Collections whose Sentinel-2 assets s2mosaic knows the data type and nodata of when an item
+#: declares neither (Planetary Computer's ``sentinel-2-l2a`` has no ``raster:bands``):
+#: ``sentinel-2-l2a`` (Planetary Computer and Earth Search v1), ``sentinel-2-c1-l2a`` and
+#: ``sentinel-2-l1c`` (Earth Search v1), ``sentinel-s2-l2a-cogs`` (Earth Search v0).
+S2_COLLECTIONS: tuple[str, ...] = ("sentinel-2-l2a", "sentinel-2-c1-l2a", "sentinel-2-l1c",
+                                   "sentinel-s2-l2a-cogs")
+#: Data type and nodata of each kind of asset in :data:`S2_COLLECTIONS`, as ESA's L1C/L2A
+#: products store them: reflectance B01–B12 and B8A (``coastal`` … ``swir22``) ``uint16`` with
+#: nodata 0; the scene classification ``SCL`` ``uint8``, nodata 0 (its class 0, "no data");
+#: aerosol optical thickness ``AOT`` and water vapour ``WVP`` ``uint16``, nodata 0. Asset keys
+#: in either naming (``B04``/``SCL`` or ``red``/``scl``, with or without Earth Search's ``-jp2``).
+S2_ASSET_TYPES: dict[str, tuple[str, int]] = {
+    "reflectance": ("uint16", 0),
+    "scl": ("uint8", 0),
+    "aot": ("uint16", 0),
+    "wvp": ("uint16", 0),
+}
+
+
+@dataclass(frozen=True)
+class BandType:
+    """How an asset's pixels are stored: what the cube loads it as."""
+
+    dtype: str
+    """NumPy data type name (``uint16``, ``uint8``)."""
+    nodata: float
+    """The value of missing pixels (NaN for float data without one)."""
+    source: str
+    """Where this came from (``raster:bands``, ``collection item_assets``, the Sentinel-2 table,
+    ``source.band_dtypes``), for messages."""
+
+
+def _s2_kind(item: pystac.Item, key: str) -> str | None:
+    """The :data:`S2_ASSET_TYPES` kind of asset ``key``: by its key in either naming, else by its
+    ``eo:bands`` names."""
+    k = key.lower().removesuffix("-jp2")
+    if k in ("scl", "aot", "wvp"):
+        return k
+    names = {k}
+    eo = item.assets[key].extra_fields.get("eo:bands") if key in item.assets else None
+    if isinstance(eo, list) and len(eo) == 1:  # not the 3-band uint8 ``visual`` (TCI)
+        names |= _names(item.assets[key])
+    if any(_REFLECTANCE.fullmatch(n.upper()) for n in names) or names & (
+            _REFLECTANCE_NAMES | set(EARTH_SEARCH_NAMES.values())):
+        return "reflectance"
+    return None
+
+
+def _declared(fields: object) -> tuple[str | None, float | None]:
+    """(data_type, nodata) an asset or item_assets entry declares: ``raster:bands[0]``, else
+    the STAC 1.1 ``data_type``/``nodata`` on the asset or its first ``bands`` entry."""
+    if not isinstance(fields, Mapping):
+        return None, None
+    candidates: list[Mapping[str, object]] = [fields]
+    for name in ("raster:bands", "bands"):
+        bands = fields.get(name)
+        if isinstance(bands, list) and bands and isinstance(bands[0], Mapping):
+            candidates.insert(0, bands[0])
+    dtype = next((str(c["data_type"]) for c in candidates if c.get("data_type")), None)
+    nodata = next((c["nodata"] for c in candidates if c.get("nodata") is not None), None)
+    return dtype, _number(nodata)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, str) and value.lower() in ("nan", "inf", "-inf"):  # raster:bands allows these
+        return float(value)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _collection_asset(item: pystac.Item, key: str) -> Mapping[str, object] | None:
+    """``item_assets[key]`` of the item's collection when it is at hand: already read (a static
+    catalog), or a local ``collection.json``. Never fetched over the network."""
+    link = item.get_single_link(pystac.RelType.COLLECTION)
+    if link is None:
+        return None
+    if not link.is_resolved():
+        href = link.get_absolute_href() or link.href
+        if "://" in href and not href.startswith("file://"):
+            return None
+        try:  # no root: resolving it could fetch the item's remote root catalog
+            link.resolve_stac_object()
+        except Exception:  # a missing or unreadable local file: as if there were no collection
+            return None
+    coll = link.target
+    entries = coll.extra_fields.get("item_assets") if isinstance(coll, pystac.Collection) else None
+    entry = entries.get(key) if isinstance(entries, Mapping) else None
+    return entry if isinstance(entry, Mapping) else None
+
+
+def _override(values: Mapping[str, object], item: pystac.Item, key: str) -> object | None:
+    """The value ``values`` (a spec mapping) gives asset ``key``: by asset key (any case), by an
+    ``eo:bands`` name of the asset, else by ``"*"``."""
+    if not values:
+        return None
+    names = {key.lower()} | (_names(item.assets[key]) if key in item.assets else set())
+    for k, v in values.items():
+        if k.lower() in names:
+            return v
+    return values.get("*")
+
+
+def band_type(item: pystac.Item, key: str, *, dtypes: Mapping[str, str] | None = None,
+              nodata: Mapping[str, float] | None = None) -> BandType:
+    """The data type and nodata the cube loads asset ``key`` of ``item`` with.
+
+    Each is taken from the first of: ``dtypes``/``nodata`` (the spec's ``source.band_dtypes`` and
+    ``source.nodata``, by asset key, ``eo:bands`` name or ``"*"``); the asset's ``raster:bands``;
+    the collection's ``item_assets`` when the collection is at hand (read, or a local file; never
+    fetched); the Sentinel-2 table :data:`S2_ASSET_TYPES` for items of :data:`S2_COLLECTIONS`.
+    A known data type without a nodata value gets 0 (NaN for floats).
+
+    Raises :class:`~s2mosaic.errors.DataError`, naming the collection, the asset and the spec
+    field that fixes it, when nothing says the data type.
+    """
+    asset = item.assets.get(key)
+    found = [("source.band_dtypes/source.nodata",
+              _override(dtypes or {}, item, key), _number(_override(nodata or {}, item, key)))]
+    found.append(("raster:bands", *_declared(asset.extra_fields if asset is not None else None)))
+    if any(d is None or n is None for _, d, n in found):
+        found.append(("collection item_assets", *_declared(_collection_asset(item, key))))
+    kind = _s2_kind(item, key) if item.collection_id in S2_COLLECTIONS else None
+    if kind is not None:
+        found.append((f"Sentinel-2 table ({item.collection_id})", *S2_ASSET_TYPES[kind]))
+    dtype = next(((str(d), src) for src, d, _ in found if d is not None), None)
+    if dtype is None:
+        raise DataError(
+            f"item {item.id!r} of collection {item.collection_id!r}: asset {key!r} declares no "
+            f"data type (no raster:bands data_type, none in the collection's item_assets), and "
+            f"{item.collection_id!r} is not one of the collections whose bands s2mosaic knows "
+            f"({', '.join(S2_COLLECTIONS)}). Say it in the spec: source.band_dtypes: "
+            f"{{{key}: uint16}} (uint8 for a classification layer such as SCL), and "
+            f"source.nodata: {{{key}: 0}} if its nodata is not 0"
+        )
+    nd = next((n for _, _, n in found if n is not None), None)
+    if nd is None:
+        nd = float("nan") if dtype[0].startswith("float") else 0
+    if not dtype[0].startswith("float") and float(nd).is_integer():
+        nd = int(nd)  # 0, not 0.0, for integer data
+    return BandType(dtype[0], nd, dtype[1])
+
+
 def asset_dtype(item: pystac.Item, key: str) -> str:
-    """The data type of asset ``key`` from its ``raster:bands`` (``uint16`` when it declares none,
-    as Sentinel-2 L2A reflectance is)."""
-    bands = item.assets[key].extra_fields.get("raster:bands") or [{}]
-    d = bands[0].get("data_type") if isinstance(bands[0], dict) else None
-    return str(d) if d else "uint16"
+    """The data type of asset ``key`` (:func:`band_type`), ``uint16`` where nothing says it
+    (for estimates: loading such an asset raises instead)."""
+    try:
+        return band_type(item, key).dtype
+    except DataError:
+        return "uint16"
 
 
-def asset_nodata(item: pystac.Item, key: str) -> int:
-    """The nodata value of asset ``key`` from its ``raster:bands`` (0 when it declares none)."""
-    bands = item.assets[key].extra_fields.get("raster:bands") or [{}]
-    nodata = bands[0].get("nodata", 0) if isinstance(bands[0], dict) else 0
-    return int(nodata) if nodata is not None else 0
+def asset_nodata(item: pystac.Item, key: str) -> float:
+    """The nodata value of asset ``key`` (:func:`band_type`)."""
+    return band_type(item, key).nodata
 
 
 # -- time and place -------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from ._validate import (
 from .errors import SpecError
 
 __all__ = [
+    "BAND_DTYPES",
     "COMPOSITE_METHODS",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_SCL_INVALID",
@@ -151,6 +152,40 @@ class Period(Section):
         return self.months is None or when.month in self.months
 
 
+class _Frozen(dict[str, Any]):
+    """A mapping-valued spec field: a plain dict that hashes, so a spec stays hashable."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+
+#: Data types a band can be loaded as (what the composite reduces).
+BAND_DTYPES: tuple[str, ...] = ("uint8", "uint16")
+
+
+def _dtype_value(path: str, value: Any) -> str:
+    return choice(path, value, BAND_DTYPES)
+
+
+def _nodata_value(path: str, value: Any) -> int:
+    return int(number(path, value, low=0, high=65535, integer=True))
+
+
+def _asset_map(path: str, value: Any, check: Any) -> _Frozen:
+    """``{asset key: value}`` with each value checked (``check(path, value)``)."""
+    if value is None:
+        return _Frozen()
+    if not isinstance(value, Mapping):
+        example = "{B04: uint16, SCL: uint8}" if path == "band_dtypes" else "{'*': 0}"
+        raise fail(path, value, f"expected a mapping of asset keys (or '*') to values, e.g. {example}")
+    out = _Frozen()
+    for k, v in value.items():
+        if not isinstance(k, str) or not k:
+            raise fail(path, k, "keys are asset keys, eo:bands names or '*'")
+        out[k] = check(f"{path}.{k}", v)
+    return out
+
+
 @dataclass(frozen=True)
 class SourceSpec(Section):
     """Where the STAC items come from."""
@@ -164,8 +199,17 @@ class SourceSpec(Section):
     """Keep items whose ``eo:cloud_cover`` is at most this (0-100)."""
     mgrs_tiles: tuple[str, ...] = ()
     """Keep only these MGRS tiles (e.g. ``["32TNS", "33UXP"]``); empty keeps all."""
+    band_dtypes: Mapping[str, str] = field(default_factory=_Frozen)
+    """Data type of assets whose items do not declare one (no ``raster:bands``) in a collection
+    s2mosaic has no table for, e.g. ``{B04: uint16, SCL: uint8}``; keys are asset keys,
+    ``eo:bands`` names or ``"*"`` (every asset). Wins over what items declare."""
+    nodata: Mapping[str, int] = field(default_factory=_Frozen)
+    """Nodata value of assets, keyed like ``band_dtypes`` (e.g. ``{"*": 0}``); wins over what
+    items declare. Unset: the item's, the collection's or the Sentinel-2 table's, else 0."""
 
     def __post_init__(self) -> None:
+        self._set("band_dtypes", _asset_map("band_dtypes", self.band_dtypes, _dtype_value))
+        self._set("nodata", _asset_map("nodata", self.nodata, _nodata_value))
         if isinstance(self.stac, Path):
             self._set("stac", str(self.stac))
         if not isinstance(self.stac, str) or not self.stac.strip():

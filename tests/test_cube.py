@@ -18,7 +18,7 @@ from s2mosaic._grid import output_geobox
 from s2mosaic._items import resolve_band
 from s2mosaic._spec import MaskSpec, MosaicSpec
 from s2mosaic.errors import DataError
-from s2mosaic.masks import dilate, valid_mask
+from s2mosaic.masks import dilate, nodata_mask, scl_invalid, valid_mask
 
 BBOX = [10.0416, 46.0641, 10.0448, 46.0679]
 EOLEARN_BBOX = [14.552, 45.866, 14.564, 45.875]
@@ -149,6 +149,51 @@ def test_valid_mask_combines_scl_nodata_and_dilation() -> None:
     assert v1[1, 0, 0] == False and v1[1, 0, 1] == True  # noqa: E712  (nodata is not dilated)
     vn = valid_mask(cube, ["red"], MaskSpec(method="none")).values
     assert vn[0, 4, 4] and not vn[1, 0, 0]
+
+
+def _edge_cube(scl_dtype: str, band_dtype: str = "uint16") -> xr.Dataset:
+    """A swath edge: SCL nodata at x = 0 (bands valid there), bands nodata at x = 3 (SCL
+    clear there), a cloud at x = 5."""
+    scl = np.full((1, 4, 8), 4, dtype=scl_dtype)
+    scl[0, :, 0] = np.nan if scl_dtype.startswith("float") else 0
+    scl[0, :, 5] = 9
+    red = np.full((1, 4, 8), 500, dtype=band_dtype)
+    red[0, :, 3] = np.nan if band_dtype.startswith("float") else 0
+    nodata = {"nodata": float("nan")} if scl_dtype.startswith("float") else {"nodata": 0}
+    return xr.Dataset({
+        "red": xr.DataArray(red, dims=("time", "y", "x"), attrs={"nodata": 0}),
+        "scl": xr.DataArray(scl, dims=("time", "y", "x"), attrs=nodata),
+    })
+
+
+@pytest.mark.parametrize("scl_dtype", ["uint8", "float32"])
+@pytest.mark.parametrize("band_dtype", ["uint16", "float32"])
+@pytest.mark.parametrize("method", ["scl", "none"])
+@pytest.mark.parametrize("classes", [(0, 1, 3, 8, 9, 10), (8, 9)])
+def test_nodata_is_never_clear(scl_dtype: str, band_dtype: str, method: str,
+                               classes: tuple[int, ...]) -> None:
+    """SCL nodata (0, or NaN when SCL is float: NaN is never "in" class 0) and band nodata (0 or
+    NaN) are invalid for every method and whether scl_classes lists 0 or not; neither grows
+    with the cloud buffer."""
+    cube = _edge_cube(scl_dtype, band_dtype)
+    v = valid_mask(cube, ["red"], MaskSpec(method=method, scl_classes=classes)).values[0]
+    assert not v[:, 0].any(), "SCL nodata, bands valid"
+    assert not v[:, 3].any(), "bands nodata, SCL valid"
+    assert v[:, 1].all() and v[:, 2].all() and v[:, 4].all()
+    assert v[:, 5].all() != (method == "scl")
+    d = valid_mask(cube, ["red"], MaskSpec(method=method, scl_classes=classes, dilation=1))
+    assert d.values[0, :, 1].all() and d.values[0, :, 2].all()  # next to nodata: still clear
+    assert d.values[0, :, 4].all() != (method == "scl")  # next to the cloud: buffered
+
+
+def test_scl_invalid_includes_nodata_whatever_the_classes() -> None:
+    scl = xr.DataArray(np.array([0.0, np.nan, 4.0, 9.0], dtype=np.float32), dims="x")
+    np.testing.assert_array_equal(scl_invalid(scl, [9]).values, [True, True, False, True])
+    u8 = xr.DataArray(np.array([0, 4, 9], dtype=np.uint8), dims="x")
+    np.testing.assert_array_equal(scl_invalid(u8, [9]).values, [True, False, True])
+    cube = xr.Dataset({"b": xr.DataArray(np.array([np.nan, 0.0, 3.0]), dims="x",
+                                         attrs={"nodata": float("nan")})})
+    np.testing.assert_array_equal(nodata_mask(cube, ["b"]).values, [True, False, False])
 
 
 def test_item_lookup_is_by_pystac_item(s2_data: Path) -> None:

@@ -6,7 +6,7 @@ s2cloudless modules import their heavy dependencies (torch, LightGBM) only when 
 
 from ._context import CloudMasker, MaskContext, nodata_mask, pixel_size_m
 from .combine import MASKERS, buffer_pixels, context_pixels, dilate, valid_mask
-from .scl import scl_invalid
+from .scl import scl_clouds, scl_invalid, scl_nodata
 
 __all__ = [
     "MASKERS",
@@ -17,6 +17,8 @@ __all__ = [
     "dilate",
     "nodata_mask",
     "pixel_size_m",
+    "scl_clouds",
     "scl_invalid",
+    "scl_nodata",
     "valid_mask",
 ]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
@@ -41,11 +42,24 @@ class CloudMasker(Protocol):
 
 
 def nodata_mask(cube: xr.Dataset, bands: Sequence[str]) -> xr.DataArray:
-    """True where any of ``bands`` is its ``nodata`` value (attr, default 0)."""
-    masks = [cube[name] == cube[name].attrs.get("nodata", 0) for name in bands]
-    out = masks[0]
-    for other in masks[1:]:
-        out = out | other
+    """True where any of ``bands`` is its ``nodata`` value (attr, default 0) or NaN.
+
+    Float bands are nodata where NaN whatever the attr says (a NaN never equals a nodata value,
+    so ``== nodata`` alone would call it clear).
+    """
+    out: xr.DataArray | None = None
+    for name in bands:
+        var = cube[name]
+        nodata = var.attrs.get("nodata", 0)
+        nodata = 0.0 if nodata is None else float(nodata)
+        bad = var.isnull() if np.issubdtype(var.dtype, np.floating) else None
+        if not math.isnan(nodata):
+            bad = var == nodata if bad is None else bad | (var == nodata)
+        if bad is None:  # integer data with a NaN nodata attr: nothing is nodata
+            bad = xr.zeros_like(var, dtype=bool)
+        out = bad if out is None else out | bad
+    if out is None:
+        raise ArgumentError("nodata_mask: no bands given; pass the cube's band names")
     return out
 
 

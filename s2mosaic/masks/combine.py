@@ -29,9 +29,10 @@ __all__ = [
 
 def _scl(cube: xr.Dataset, mask: MaskSpec, ctx: MaskContext) -> xr.DataArray:
     from .._cube import SCL_VAR
-    from .scl import scl_invalid
+    from .scl import scl_clouds
 
-    return scl_invalid(cube[SCL_VAR], mask.scl_classes)
+    # SCL nodata is added by valid_mask, unbuffered, for every method.
+    return scl_clouds(cube[SCL_VAR], mask.scl_classes)
 
 
 def _ocm(cube: xr.Dataset, mask: MaskSpec, ctx: MaskContext) -> xr.DataArray:
@@ -60,7 +61,9 @@ def valid_mask(cube: xr.Dataset, bands: Sequence[str], mask: MaskSpec,
                ctx: MaskContext | None = None) -> xr.DataArray:
     """Lazy boolean (time, y, x): observations usable for compositing.
 
-    Invalid where any of ``bands`` is nodata, or where the masker(s) of ``mask.method`` say so
+    Invalid where any of ``bands`` is nodata (its ``nodata`` attr, or NaN), where the cube's SCL
+    (when it has one, whatever the method) is nodata (class 0 or NaN: at swath edges the 20 m SCL
+    and the 10 m bands end at different pixels), or where the masker(s) of ``mask.method`` say so
     (``ocm+scl``: either), grown by ``mask.dilation`` pixels or ``mask.buffer_m`` metres
     (exact across chunk edges). SCL arrives on the band grid already (the loader resamples it
     with nearest). Nodata is not buffered.
@@ -69,8 +72,13 @@ def valid_mask(cube: xr.Dataset, bands: Sequence[str], mask: MaskSpec,
     --------
     >>> valid = valid_mask(cube, ["red", "nir"], MaskSpec(method="ocm+scl", buffer_m=60))  # doctest: +SKIP
     """
+    from .._cube import SCL_VAR
+    from .scl import scl_nodata
+
     ctx = ctx or MaskContext()
     invalid = nodata_mask(cube, bands)
+    if SCL_VAR in cube.data_vars:
+        invalid = invalid | scl_nodata(cube[SCL_VAR])
     clouds: xr.DataArray | None = None
     for masker in MASKERS[mask.method]:
         c = masker(cube, mask, ctx)
