@@ -8,7 +8,7 @@ One 48-day window (SpaceEye's ``duration``) of ``bands`` x ``size``² pixels: an
 
 - s2mosaic's solver (:func:`s2mosaic._timeseries_kernels.solve_smoother`: the Thomas algorithm
   vectorised over pixels, float64) as the gap-fill task calls it: pixel blocks of
-  ``timeseries._PIXEL_BLOCK``, the bands sharing the mask's pivots; and once on the whole array;
+  ``gapfill_mod._PIXEL_BLOCK``, the bands sharing the mask's pivots; and once on the whole array;
 - SpaceEye's fixed-point iteration (``x <- W (m a + (1 - m) x)``, ``W = (I + lambda L)^-1``, a
   dense 48 x 48 product per step, 200 steps as FarmVibes.AI's ``max_iter``; no early stop, since
   SpaceEye checks convergence only every 5 steps against a 1e-3 tolerance and our data does not
@@ -17,7 +17,7 @@ One 48-day window (SpaceEye's ``duration``) of ``bands`` x ``size``² pixels: an
   row says so;
 - the accuracy: the largest difference to a dense ``numpy.linalg.solve`` of the normal
   equations on 2000 pixels, for ours and for the iteration after 200 steps;
-- ``timeseries.gapfill`` end to end on an in-memory Dask cube (one year, an acquisition every
+- ``gapfill_mod.gapfill`` end to end on an in-memory Dask cube (one year, an acquisition every
   5 days, daily output, windows of 48 days overlapping by half, threaded scheduler);
 - with CuPy and a GPU: the same solver on the device.
 
@@ -42,7 +42,7 @@ import argparse
 import numpy as np
 from bench_composite import best_of  # the same timing rule as the composite benchmark
 
-from s2mosaic import _timeseries as timeseries
+from s2mosaic import _gapfill as gapfill_mod
 from s2mosaic._timeseries_kernels import smooth_fixed_point, solve_smoother
 
 SEED = 20240601
@@ -98,7 +98,7 @@ def bench_gapfill_call(size: int, n_bands: int, repeat: int) -> tuple[float, int
                        for b in range(n_bands)}, coords=coords)
     valid = xr.DataArray(da.from_array(rng.random(shape) < 0.5, chunks=chunks), dims=dims,
                          coords=coords)
-    out = timeseries.gapfill(cube, valid, timeseries.GapFill(damping=DAMPING))
+    out = gapfill_mod.gapfill(cube, valid, gapfill_mod.GapFill(damping=DAMPING))
     with dask.config.set(scheduler="threads"):
         t = best_of(lambda: out.compute(), repeat)
     return t, out.sizes["time"] * size * size
@@ -147,7 +147,7 @@ def main() -> None:
     print(f"window: {args.window} days x {args.bands} bands x {args.size}² px, "
           f"{weights.mean():.1%} of pixel-days clear")
     print(f"{'what':<70} {'time s':>9} {'Mpx-day/s':>10}")
-    block = timeseries._PIXEL_BLOCK
+    block = gapfill_mod._PIXEL_BLOCK
     ours = best_of(lambda: ours_blocked(rhs, weights, block), args.repeat)
     print(f"{f's2mosaic solver, pixel blocks of {block} (as in gapfill)':<70} {ours:9.4f} "
           f"{pixel_days / ours / 1e6:10.1f}")

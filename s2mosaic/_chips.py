@@ -284,7 +284,7 @@ def _write_chip(data: np.ndarray, gbox: GeoBox, path: Path, names: list[str], fm
         else:
             from PIL import Image
 
-            from ._write import stretch_rgb
+            from ._raster import stretch_rgb
 
             pixels, valid = stretch_rgb(np.stack([data[names.index(b)] for b in rgb_bands]),
                                         count, rgb_range)

@@ -9,7 +9,7 @@ retries, ``resume=True``, progress and the run report. What differs is the produ
   period are selected once for the whole AOI (``select.method: min-cover``) and recorded in the
   manifest header, so every tile (and a resumed run) composites the same scenes. Per period a
   COG / display product is streamed from the store at the end (``<stem>_<period start>``).
-- :class:`GapFillProduct` - :func:`s2mosaic._timeseries.gapfill` per tile. With
+- :class:`GapFillProduct` - :func:`s2mosaic._gapfill.gapfill` per tile. With
   ``normalise=True`` the clear-pixel mean per date over the whole AOI is computed once before
   the tiles and recorded in the manifest header, so a tiled run equals a one-tile run.
 """
@@ -29,22 +29,15 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from ._cube import observation_groups
+from ._dategrid import TIME_CHUNK
+from ._gapfill import GapFill, gapfill_illuminance, gapfill_with
 from ._items import item_datetime, resolve_band
 from ._pipeline import masked_cube
+from ._raster import COUNT
 from ._run import RunReport, dated, execute, export_rasters
 from ._search import SearchResult
 from ._spec import MosaicSpec, OutputSpec
-from ._timeseries import (
-    TIME_CHUNK,
-    GapFill,
-    gapfill_illuminance,
-    gapfill_with,
-    period_composites,
-    period_items,
-    series_periods,
-    union,
-)
-from ._write import COUNT
+from ._timeseries import period_composites, period_items, series_periods, union
 from .errors import DataError, WriteError
 
 __all__ = ["GapFillProduct", "SeriesProduct", "run_gapfill", "run_series"]

@@ -1,64 +1,62 @@
-"""Write a mosaic: Zarr (CF + GeoZarr attributes), COG, an 8-bit RGB display product, provenance.
+"""Write a mosaic: the public :func:`write`, Zarr stores (CF + GeoZarr attributes), provenance.
 
-Everything streams Dask chunks to disk; nothing loads the whole mosaic except the small PNG
-display product. :func:`write` computes the (expensive) mosaic graph exactly once: into the Zarr
-store, or into the COG when no Zarr is asked for; later products are read back from that file.
+Everything streams Dask chunks to disk. :func:`write` computes the (expensive) mosaic graph
+exactly once: into the Zarr store, or into the COG when no Zarr is asked for; later products are
+read back from that file. The COG and RGB writers are :mod:`s2mosaic._raster`'s; the stores a
+tiled run fills block by block start here too (:func:`init_zarr`, :func:`write_block`,
+:func:`read_digests`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import shutil
 import time
-import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import dask
-import dask.array as da
 import numcodecs
 import numpy as np
-import rasterio
-import rasterio.shutil
 import xarray as xr
-from dask.diagnostics import ProgressBar
-from dask.utils import SerializableLock
 from odc.geo.geobox import GeoBox
 from pyproj.enums import WktVersion
-from rasterio.errors import RasterioError
-from rasterio.windows import Window
 
 from ._cluster import keep_annotations, quiet_rasterio, quiet_workers
+from ._raster import (
+    COUNT,
+    NODATA,
+    check_rgb,
+    compute,
+    exists_error,
+    io_errors,
+    mosaic_geobox,
+    open_cog,
+    prepare_target,
+    raster_vars,
+    scratch_path,
+    write_cog,
+    write_rgb,
+)
 from ._spec import OutputSpec
 from .errors import WriteError
 
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["PROVENANCE_ATTR", "WriteResult", "export_cog", "export_tiles", "grid_info",
-           "init_zarr", "metadata_record", "open_zarr", "read_digests", "stretch_rgb", "write",
-           "write_block", "write_cog", "write_metadata", "write_products", "write_rgb",
-           "write_series_zarr", "write_zarr"]
+__all__ = ["PROVENANCE_ATTR", "WriteResult", "grid_info", "init_zarr", "metadata_record",
+           "open_zarr", "read_digests", "write", "write_block", "write_metadata",
+           "write_products", "write_series_zarr", "write_zarr"]
 
 #: Dataset attribute under which :func:`s2mosaic.mosaic` hands its provenance record to
 #: :func:`write` (which pops it: it goes to the metadata sidecar, not into the product).
 PROVENANCE_ATTR = "s2mosaic_provenance"
-NODATA = 0
-COUNT = "count"
-#: Largest PNG display product (pixels); beyond this write a ``.tif`` display COG instead.
-MAX_PNG_PIXELS = 16384 * 16384
-_BLOCK = 512
 # Blosc+zstd: fast, multithreaded and readable by every Zarr v2 implementation (Python, JS, Java).
 _ZARR_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
-# GDAL's COG driver options. DEFLATE over ZSTD: every GeoTIFF reader in the wild decodes it.
-_COG_OPTIONS = {"COMPRESS": "DEFLATE", "PREDICTOR": "YES", "BIGTIFF": "IF_SAFER",
-                "NUM_THREADS": "ALL_CPUS"}
 
 
 @dataclass(frozen=True)
@@ -141,14 +139,14 @@ def write_products(mosaic: xr.Dataset, output: OutputSpec, *, client: Client | N
     if output.zarr is None and output.cog is None:
         raise WriteError("nothing to write: at least one of output.zarr / output.cog is required "
                          "(the RGB display product and metadata are derived from them)")
-    _geobox(mosaic)  # fail before any work when the mosaic has no georeferencing
+    mosaic_geobox(mosaic)  # fail before any work when the mosaic has no georeferencing
     meta_path = output.metadata_path
     targets = {"zarr": output.zarr, "cog": output.cog, "rgb": output.rgb, "metadata": meta_path}
     for field, p in targets.items():
         if p is not None and os.path.lexists(p) and not output.overwrite:
-            raise _exists(p, field)
+            raise exists_error(p, field)
     if output.rgb is not None:
-        _check_rgb(mosaic, output.rgb, output.rgb_bands)
+        check_rgb(mosaic, output.rgb, output.rgb_bands)
 
     zarr_path = cog_path = rgb_path = None
     source = mosaic
@@ -156,12 +154,12 @@ def write_products(mosaic: xr.Dataset, output: OutputSpec, *, client: Client | N
         zarr_path = write_zarr(mosaic, output.zarr, overwrite=output.overwrite,
                                client=client, progress=progress)
         # Consolidated metadata lists variables alphabetically: restore the mosaic's band order.
-        source = open_zarr(zarr_path)[_raster_vars(mosaic)]
+        source = open_zarr(zarr_path)[raster_vars(mosaic)]
     if output.cog is not None:
         cog_path = write_cog(source, output.cog, overwrite=output.overwrite,
                              client=client, progress=progress)
         if zarr_path is None:
-            source = _open_cog(cog_path)
+            source = open_cog(cog_path)
     if output.rgb is not None:
         rgb_path = write_rgb(source, output.rgb, output.rgb_bands, output.rgb_range,
                              overwrite=output.overwrite, client=client, progress=progress)
@@ -174,9 +172,9 @@ def metadata_record(mosaic: xr.Dataset, provenance: Mapping[str, Any],
     record = dict(provenance)
     record["outputs"] = {k: str(v) for k, v in written.items() if v is not None}
     record["written_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    record["grid"] = grid_info(_geobox(mosaic))
+    record["grid"] = grid_info(mosaic_geobox(mosaic))
     record["bands"] = [{"name": n, "dtype": str(mosaic[n].dtype),
-                        "nodata": None if n == COUNT else NODATA} for n in _raster_vars(mosaic)]
+                        "nodata": None if n == COUNT else NODATA} for n in raster_vars(mosaic)]
     return record
 
 
@@ -191,65 +189,12 @@ def write_zarr(mosaic: xr.Dataset, path: str | Path, *, overwrite: bool = False,
     """
     path = Path(path)
     ds, encoding = _zarr_dataset(mosaic)
-    _prepare(path, overwrite, "zarr")
+    prepare_target(path, overwrite, "zarr")
     # zarr_format=2: GDAL, zarr-js, older zarr-python and most cloud viewers read v2, not yet v3.
     task = ds.to_zarr(path, mode="w-", consolidated=True, zarr_format=2, encoding=encoding,
                       compute=False)
-    with _io_errors(path):
-        _compute(task, client, progress)
-    return path
-
-
-def write_cog(mosaic: xr.Dataset, path: str | Path, *, overwrite: bool = False,
-              client: Client | None = None, progress: bool = False) -> Path:
-    """Write a Cloud-Optimized GeoTIFF: every band variable in order, then ``count``.
-
-    uint16, nodata 0, DEFLATE + horizontal predictor, 512² blocks (256² below 2048 px),
-    internal overviews (nearest, so overview pixels are real observations), band descriptions =
-    variable names, tags ``AREA_OR_POINT=Area`` and ``s2mosaic_<attr>`` for scalar attributes.
-    """
-    names = _raster_vars(mosaic)
-    # Only plain scalar attrs with identifier keys: GDAL splits metadata keys at ':' and '=', and
-    # the proj:/spatial: attrs of a reopened Zarr are already in the GeoTIFF keys.
-    tags = {f"s2mosaic_{k}": str(v) for k, v in mosaic.attrs.items()
-            if str(k).isidentifier() and isinstance(v, str | int | float | bool | np.generic)}
-    _write_cog_array(_stack(mosaic, names), _geobox(mosaic), Path(path), names, tags=tags,
-                     rgb=False, overwrite=overwrite, client=client, progress=progress)
-    return Path(path)
-
-
-def write_rgb(mosaic: xr.Dataset, path: str | Path, bands: Sequence[str] = ("red", "green", "blue"),
-              value_range: tuple[float, float] = (0, 3000), *, overwrite: bool = False,
-              client: Client | None = None, progress: bool = False) -> Path:
-    """Write an 8-bit RGB display product (``.png`` or a ``.tif`` COG).
-
-    Stretch: a source value ``v`` (reflectance × 10000) with ``low, high = value_range`` maps to
-    ``clip(rint(1 + 254 * (v - low) / (high - low)), 1, 255)`` (``rint`` rounds half to even),
-    computed in float64. Nodata - a pixel where any of the three bands is 0, or ``count`` is 0 -
-    is 0 in all three channels; the PNG is RGBA with alpha 0 there and 255 elsewhere, the
-    ``.tif`` has nodata 0. A PNG is computed in memory, so it is limited to ``MAX_PNG_PIXELS``.
-    """
-    path = Path(path)
-    _check_rgb(mosaic, path, bands)
-    low, high = float(value_range[0]), float(value_range[1])
-    if not high > low:
-        raise WriteError(f"RGB value_range {tuple(value_range)} for {path}: expected low < high "
-                         "(output.rgb_range, e.g. [0, 3000])")
-    count = mosaic[COUNT].data if COUNT in mosaic.data_vars else None
-    rgb, valid = stretch_rgb(_stack(mosaic, list(bands)), count, (low, high))
-    if path.suffix.lower() != ".png":
-        _write_cog_array(rgb, _geobox(mosaic), path, list(bands), tags={}, rgb=True,
-                         overwrite=overwrite, client=client, progress=progress)
-        return path
-    from PIL import Image
-
-    _prepare(path, overwrite, "rgb")
-    alpha = (valid * np.uint8(255)).astype("uint8")[None]
-    (pixels,) = _compute(da.concatenate([rgb, alpha]), client, progress)
-    partial = _scratch(path, "partial")
-    with _io_errors(path):
-        Image.fromarray(np.ascontiguousarray(np.moveaxis(pixels, 0, -1))).save(partial, "PNG")
-        os.replace(partial, path)
+    with io_errors(path):
+        compute(task, client, progress)
     return path
 
 
@@ -267,10 +212,10 @@ def init_zarr(template: xr.Dataset, path: str | Path, *, overwrite: bool = False
     path = Path(path)
     ds, encoding = (_series_dataset(template, path) if "time" in template.dims
                     else _zarr_dataset(template))
-    _prepare(path, overwrite, "zarr")
-    scratch = _scratch(path, "init")
+    prepare_target(path, overwrite, "zarr")
+    scratch = scratch_path(path, "init")
     try:
-        with _io_errors(path):
+        with io_errors(path):
             ds.to_zarr(scratch, mode="w-", consolidated=True, zarr_format=2, encoding=encoding,
                        compute=False)
             if before_publish is not None:
@@ -329,203 +274,16 @@ def read_digests(store: str, names: Sequence[str], y: slice, x: slice, chunk: in
     return out
 
 
-def export_cog(store: str | Path, path: str | Path, *, overwrite: bool = False,
-               client: Client | None = None, progress: bool = False) -> Path:
-    """Stream a mosaic Zarr store (from :func:`s2mosaic._run`) into one COG, chunk by chunk,
-    without loading it whole (overviews built by GDAL from a tiled scratch GeoTIFF; BIGTIFF
-    when needed)."""
-    store = Path(store)
-    if not (store / ".zgroup").exists():
-        raise WriteError(f"{store} is not a Zarr store (no .zgroup); expected the output.zarr "
-                         "of a run")
-    return write_cog(open_zarr(store), path, overwrite=overwrite, client=client,
-                     progress=progress)
-
-
-def export_tiles(store: str | Path, directory: str | Path, tile_size: int, *,
-                 overwrite: bool = False, client: Client | None = None,
-                 progress: bool = False) -> Path:
-    """Export a mosaic Zarr store as one COG per ``tile_size`` tile plus a VRT over them.
-
-    For areas too large for one file: ``<directory>/<row>_<col>.tif`` (same bands, nodata,
-    compression and overviews as :func:`write_cog`) and ``<directory>/mosaic.vrt``, which GDAL,
-    QGIS and rasterio open as the whole mosaic. Returns the VRT path.
-    """
-    from ._grid import tiles
-
-    directory = Path(directory)
-    ds = open_zarr(Path(store))
-    names = _raster_vars(ds)
-    gbox = _geobox(ds)
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise _exists(directory, "tiles")
-    directory.mkdir(parents=True, exist_ok=True)
-    sources = []
-    dy, dx = gbox.dimensions  # ("latitude", "longitude") on a geographic grid
-    for t in tiles(gbox, tile_size):
-        path = directory / f"{t.key}.tif"
-        write_cog(ds[names].isel({dy: t.y, dx: t.x}), path, overwrite=True, client=client,
-                  progress=progress)
-        sources.append((path.name, t))
-    vrt = directory / "mosaic.vrt"
-    crs = gbox.crs
-    assert crs is not None
-    dtype = {"uint16": "UInt16", "uint8": "Byte"}[str(ds[names[0]].dtype)]
-    lines = [f'<VRTDataset rasterXSize="{gbox.shape.x}" rasterYSize="{gbox.shape.y}">',
-             f"  <SRS>{_xml(crs.to_wkt())}</SRS>",
-             "  <GeoTransform>" + ", ".join(repr(float(v)) for v in gbox.affine.to_gdal())
-             + "</GeoTransform>"]
-    for b, name in enumerate(names, start=1):
-        lines += [f'  <VRTRasterBand dataType="{dtype}" band="{b}">',
-                  f"    <Description>{_xml(name)}</Description>"]
-        if name != COUNT:
-            lines.append(f"    <NoDataValue>{NODATA}</NoDataValue>")
-        for file, t in sources:
-            h, w = t.geobox.shape.yx
-            lines += ["    <SimpleSource>",
-                      f'      <SourceFilename relativeToVRT="1">{_xml(file)}</SourceFilename>',
-                      f"      <SourceBand>{b}</SourceBand>",
-                      f'      <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
-                      f'      <DstRect xOff="{t.x.start}" yOff="{t.y.start}" xSize="{w}" '
-                      f'ySize="{h}"/>',
-                      "    </SimpleSource>"]
-        lines.append("  </VRTRasterBand>")
-    lines.append("</VRTDataset>")
-    with _io_errors(vrt):
-        vrt.write_text("\n".join(lines) + "\n")
-    return vrt
-
-
-def _xml(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def stretch_rgb(stack: Any, count: Any, value_range: Sequence[float]) -> tuple[Any, Any]:
-    """The display stretch of :func:`write_rgb` on a ``(3, y, x)`` NumPy or Dask stack.
-
-    Returns ``(uint8 rgb, valid)``: ``clip(rint(1 + 254 (v - low) / (high - low)), 1, 255)`` in
-    float64 where all three bands are non-zero (and ``count``, if given, is non-zero), else 0.
-    """
-    low, high = float(value_range[0]), float(value_range[1])
-    valid = (stack != NODATA).all(axis=0)
-    if count is not None:
-        valid &= count != 0
-    scaled = np.clip(np.rint(1 + 254 * (stack.astype("float64") - low) / (high - low)), 1, 255)
-    return np.where(valid, scaled, 0).astype("uint8"), valid
-
-
 def write_metadata(path: str | Path, provenance: Mapping[str, Any]) -> Path:
     """Write ``provenance`` as indented JSON (dates, paths and other objects via ``str``)."""
     path = Path(path)
-    with _io_errors(path):
+    with io_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(provenance, indent=2, default=str) + "\n")
     return path
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _geobox(ds: xr.Dataset) -> GeoBox:
-    gbox = ds.odc.geobox
-    if not isinstance(gbox, GeoBox) or gbox.crs is None:
-        raise WriteError("the mosaic has no usable georeferencing (odc-geo found no GeoBox/CRS); "
-                         "expected y/x coordinates and a spatial_ref coordinate as produced by "
-                         "odc.stac.load or odc.geo.xr.xr_zeros")
-    return gbox
-
-
-def _raster_vars(ds: xr.Dataset, series_path: Path | None = None) -> list[str]:
-    """Band variables in dataset order, then ``count``; all must be 2-D on the spatial dims
-    (``(time, y, x)`` for the series written to ``series_path``)."""
-    dims = tuple(ds.odc.spatial_dims or ())
-    if series_path is not None:
-        dims = ("time", *dims)
-    names = [str(n) for n in ds.data_vars if n != COUNT]
-    names += [COUNT] if COUNT in ds.data_vars else []
-    for n in names:
-        if ds[n].dims == dims:
-            continue
-        if series_path is not None:
-            raise WriteError(f"{series_path}: variable {n!r} has dims {ds[n].dims}; every "
-                             f"variable of a series must have dims {dims}")
-        raise WriteError(f"variable {n!r} has dims {ds[n].dims}; every variable written must "
-                         f"have exactly the spatial dims {dims} (select a single time first)")
-    if not names:
-        raise WriteError("the mosaic has no data variables to write")
-    return names
-
-
-def _stack(ds: xr.Dataset, names: Sequence[str]) -> da.Array:
-    """``(band, y, x)`` Dask array of the named variables in a common dtype."""
-    dtype = np.result_type(*(ds[n].dtype for n in names))
-    return da.stack([da.asarray(ds[n].data).astype(dtype) for n in names])
-
-
-def _check_rgb(ds: xr.Dataset, path: Path, bands: Sequence[str]) -> None:
-    missing = [b for b in bands if b not in ds.data_vars]
-    if len(bands) != 3 or missing:
-        raise WriteError(f"RGB display product {path}: output.rgb_bands must name three variables "
-                         f"of the mosaic; missing {missing or list(bands)}, available "
-                         f"{[str(n) for n in ds.data_vars]}")
-    h, w = _geobox(ds).shape
-    if path.suffix.lower() == ".png" and h * w > MAX_PNG_PIXELS:
-        raise WriteError(f"RGB display product {path}: {w}x{h} pixels is too large for a PNG "
-                         f"(limit {MAX_PNG_PIXELS} pixels, built in memory); use a .tif path for "
-                         "output.rgb, which is written as a tiled COG")
-
-
-def _exists(path: Path, field: str) -> WriteError:
-    return WriteError(f"{path} already exists (output.{field}); pass `output.overwrite: true` "
-                      "(overwrite=True) to replace it, or choose another path")
-
-
-def _prepare(path: Path, overwrite: bool, field: str) -> None:
-    """Refuse an existing ``path`` unless overwriting; create parents.
-
-    Files (COG, PNG) are kept until the new one is complete and renamed over them; a Zarr store
-    (a directory) has to go before the write starts.
-    """
-    if os.path.lexists(path):
-        if not overwrite:
-            raise _exists(path, field)
-        if path.is_dir() and not path.is_symlink():
-            # Only ever delete something that is a Zarr store: a typo must not wipe a directory.
-            if not any((path / m).exists() for m in (".zgroup", ".zarray", "zarr.json")):
-                raise WriteError(f"{path} exists and is a directory that is not a Zarr store; "
-                                 f"refusing to delete it for output.{field} - choose another path")
-            shutil.rmtree(path)
-        elif field == "zarr":
-            path.unlink()
-    with _io_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-
-def _scratch(path: Path, kind: str) -> Path:
-    """A hidden sibling of ``path`` (same file system, so the final rename is atomic)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{kind}{path.suffix}")
-
-
-@contextlib.contextmanager
-def _io_errors(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except (OSError, RasterioError) as e:
-        raise WriteError(f"writing {path} failed: {e}; check the path is writable and the disk "
-                         "has space") from e
-
-
-def _compute(obj: Any, client: Client | None, progress: bool) -> tuple[Any, ...]:
-    """Compute on ``client`` if given, else on the current scheduler; optionally show progress."""
-    if client is not None:
-        future = client.compute(obj)
-        if progress:
-            from distributed import progress as dist_progress
-
-            dist_progress(future)  # widget in a notebook, text bar in a terminal
-        return (future.result(),)
-    with ProgressBar() if progress else contextlib.nullcontext():
-        return tuple(dask.compute(obj))
-
-
 def _regular_chunks(ds: xr.Dataset, dims: Sequence[str]) -> xr.Dataset:
     """Zarr needs one chunk size per dim (last may be short); rechunk irregular/numpy input."""
     ds = ds.unify_chunks()
@@ -539,8 +297,8 @@ def _regular_chunks(ds: xr.Dataset, dims: Sequence[str]) -> xr.Dataset:
 
 
 def _zarr_dataset(mosaic: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
-    gbox = _geobox(mosaic)
-    names = _raster_vars(mosaic)
+    gbox = mosaic_geobox(mosaic)
+    names = raster_vars(mosaic)
     ds = _regular_chunks(mosaic[names], mosaic.odc.spatial_dims)
     crs = gbox.crs
     assert crs is not None
@@ -584,90 +342,6 @@ def open_zarr(path: Path) -> xr.Dataset:
     return ds[order] if order else ds
 
 
-def _open_cog(path: Path) -> xr.Dataset:
-    import rioxarray
-
-    arr = rioxarray.open_rasterio(path, chunks={"band": -1, "y": 4 * _BLOCK, "x": 4 * _BLOCK})
-    assert isinstance(arr, xr.DataArray)  # band descriptions come back as long_name
-    return arr.assign_coords(band=list(arr.attrs["long_name"])).to_dataset(dim="band")
-
-
-def _lock(client: Client | None) -> Any:
-    """A lock that serialises writes to one file across every worker of the scheduler in use."""
-    if client is None:
-        # A default distributed client shows up as the scheduler's bound ``Client.get``.
-        client = getattr(dask.base.get_scheduler(), "__self__", None)
-    import distributed
-
-    if isinstance(client, distributed.Client):
-        return distributed.Lock(f"s2mosaic-write-{uuid.uuid4().hex}")  # shared by name
-    return SerializableLock()
-
-
-class _WindowWriter:
-    """``dask.array.store`` target; each block reopens the file, so tasks pickle to any worker."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __setitem__(self, key: tuple[slice, slice, slice], block: np.ndarray) -> None:
-        _, ys, xs = key
-        with rasterio.open(self.path, "r+") as dst:
-            dst.write(block, window=Window.from_slices((ys.start, ys.stop), (xs.start, xs.stop)))
-
-
-def _write_cog_array(data: da.Array, gbox: GeoBox, path: Path, names: Sequence[str], *,
-                     tags: Mapping[str, str], rgb: bool, overwrite: bool, client: Client | None,
-                     progress: bool) -> None:
-    """Stream ``(band, y, x)`` Dask blocks into a tiled GeoTIFF, then copy it to a COG.
-
-    Why not ``odc.geo.cog.save_cog_with_dask``: it pads the raster to a multiple of 2**levels
-    (301x501 px became 302x502, changing the extent) and cannot set dataset tags. Why not
-    ``to_raster(driver="COG")`` on Dask: its overviews come out zeroed. So blocks go through
-    windowed writes (one short-lived handle per block, under a lock) into an intermediate tiled
-    GeoTIFF, and GDAL's COG driver builds the overviews from that file and lays out the final COG
-    (via rasterio, so no extra dependency). The COG is renamed into place only when complete.
-    """
-    field = "rgb" if rgb else "cog"
-    _prepare(path, overwrite, field)
-    crs = gbox.crs
-    assert crs is not None
-    h, w = gbox.shape
-    tmp, partial = _scratch(path, "tmp"), _scratch(path, "partial")
-    profile: dict[str, Any] = {
-        "driver": "GTiff", "dtype": str(data.dtype), "count": len(names), "width": w, "height": h,
-        "crs": f"EPSG:{crs.epsg}" if crs.epsg else crs.to_wkt(), "transform": gbox.affine,
-        "nodata": NODATA, "tiled": True, "blockxsize": _BLOCK, "blockysize": _BLOCK,
-        # Fast compression for the scratch copy; SPARSE_OK so creation writes no empty tiles.
-        "compress": "DEFLATE", "zlevel": 1, "predictor": 2, "bigtiff": "IF_SAFER",
-        "sparse_ok": True, **({"photometric": "RGB"} if rgb else {}),
-    }
-    # Align blocks with whole 512² tiles so every compressed tile is written exactly once.
-    cy = -(-max(data.chunksize[1], 1) // _BLOCK) * _BLOCK
-    cx = -(-max(data.chunksize[2], 1) // _BLOCK) * _BLOCK
-    data = data.rechunk((len(names), cy, cx))
-    # GDAL adds overview levels until one fits in a block: 256² blocks for small rasters, so
-    # they still get overviews; 512² otherwise (fewer requests for large reads).
-    options = dict(_COG_OPTIONS, BLOCKSIZE=str(_BLOCK if min(h, w) >= 4 * _BLOCK else _BLOCK // 2),
-                   # Nearest keeps overview pixels real observations (and counts integers); the
-                   # display product looks better averaged (GDAL's average skips nodata).
-                   OVERVIEW_RESAMPLING="AVERAGE" if rgb else "NEAREST")
-    try:
-        with _io_errors(path), rasterio.open(tmp, "w", **profile) as dst:
-            dst.descriptions = tuple(names)
-            dst.update_tags(AREA_OR_POINT="Area", **tags)
-        target: Any = _WindowWriter(str(tmp))  # any object with __setitem__ will do
-        task = da.store(data, target, lock=_lock(client), compute=False)
-        _compute(task, client, progress)
-        with _io_errors(path):
-            rasterio.shutil.copy(str(tmp), str(partial), driver="COG", **options)
-            os.replace(partial, path)
-    finally:
-        for p in (tmp, partial):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-
-
 def grid_info(gbox: GeoBox) -> dict[str, Any]:
     """The output grid as recorded in metadata: CRS, transform, shape, bounds, resolution."""
     crs, res = gbox.crs, gbox.resolution
@@ -691,11 +365,11 @@ def write_series_zarr(series: xr.Dataset, path: str | Path, *, overwrite: bool =
     """
     path = Path(path)
     out, encoding = _series_dataset(series, path)
-    _prepare(path, overwrite, "zarr")
+    prepare_target(path, overwrite, "zarr")
     task = out.to_zarr(path, mode="w-", consolidated=True, zarr_format=2, encoding=encoding,
                        compute=False)
-    with _io_errors(path):
-        _compute(task, client, progress)
+    with io_errors(path):
+        compute(task, client, progress)
     return path
 
 
@@ -704,7 +378,7 @@ def _series_dataset(series: xr.Dataset, path: Path) -> tuple[xr.Dataset, dict[st
     if "time" not in series.dims:
         raise WriteError(f"{path}: write_series_zarr writes a (time, y, x) series; this dataset "
                          f"has dims {dict(series.sizes)} (use write_zarr for one mosaic)")
-    names = _raster_vars(series, series_path=path)
+    names = raster_vars(series, series_path=path)
     ds = _regular_chunks(series[names], ("time", *(series.odc.spatial_dims or ())))
     # One time step through the single-mosaic path gives the grid mapping, attributes and
     # per-variable encoding; the series adds the time chunk in front.

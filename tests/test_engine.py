@@ -17,11 +17,12 @@ import pytest
 import rasterio
 import xarray as xr
 
+from s2mosaic._gapfill import GapFill
 from s2mosaic._manifest import Manifest
 from s2mosaic._pipeline import mosaic
 from s2mosaic._search import search
 from s2mosaic._spec import MosaicSpec
-from s2mosaic._timeseries import GapFill, period_items
+from s2mosaic._timeseries import period_items
 from s2mosaic._timeseries_run import run_gapfill, run_series
 from s2mosaic.demo import demo_spec
 from s2mosaic.errors import WriteError
@@ -142,14 +143,14 @@ def test_tiled_gapfill_equals_one_tile_and_resumes(demo_catalog: Path, tmp_path:
     lines = (store / "s2mosaic_run" / "manifest.jsonl").read_text().splitlines()
     (store / "s2mosaic_run" / "manifest.jsonl").write_text("\n".join(lines[:2]) + "\n")
     (store / "red" / "0.2.2").write_bytes(b"torn")
-    import s2mosaic._timeseries as ts
+    import s2mosaic._gapfill as gf
     import s2mosaic._timeseries_run as tr
 
     def no_second_pass(*_a: Any, **_k: Any) -> Any:
         raise AssertionError("resume recomputed the illuminance instead of reading it")
 
     monkeypatch.setattr(tr, "gapfill_illuminance", no_second_pass)
-    monkeypatch.setattr(ts, "_illuminance", no_second_pass)
+    monkeypatch.setattr(gf, "_illuminance", no_second_pass)
     again = run_gapfill(spec(tmp_path / "t", 64), params, resume=True)
     assert again.tiles["resumed"] == 1 and again.tiles["computed"] == 3
     _assert_same_store(store, tmp_path / "w" / "g.zarr")

@@ -13,9 +13,10 @@ import rasterio
 import xarray as xr
 from typer.testing import CliRunner
 
+from s2mosaic._gapfill import GapFill
 from s2mosaic._pipeline import mosaic
 from s2mosaic._spec import MosaicSpec, Period, SeriesSpec
-from s2mosaic._timeseries import GapFill, series
+from s2mosaic._timeseries import series
 from s2mosaic._timeseries_run import run_gapfill, run_series
 from s2mosaic.cli import app
 from s2mosaic.demo import demo_spec

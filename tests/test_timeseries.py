@@ -13,11 +13,10 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from s2mosaic._dategrid import interpolate
+from s2mosaic._gapfill import GapFill, gapfill
 from s2mosaic._timeseries import (
-    GapFill,
     filter_acquisitions,
-    gapfill,
-    interpolate,
     normalized_difference,
     valid_fraction,
     with_indices,

@@ -20,11 +20,13 @@ from odc.geo.xr import wrap_xr
 from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
+from s2mosaic._raster import write_cog, write_rgb
 from s2mosaic._spec import OutputSpec
-from s2mosaic._write import WriteResult, write, write_cog, write_rgb, write_zarr
+from s2mosaic._write import WriteResult, write, write_zarr
 from s2mosaic.errors import WriteError
 
 write_mod = importlib.import_module("s2mosaic._write")  # the module, not the function
+raster_mod = importlib.import_module("s2mosaic._raster")
 
 BANDS = ("red", "green", "blue")
 H, W, CHUNK = 300, 500, 128
@@ -248,7 +250,7 @@ def test_invalid_requests_fail_before_computing(tmp_path: Path, monkeypatch: pyt
         write(mosaic, OutputSpec(rgb=tmp_path / "x.png"))
     with pytest.raises(WriteError, match=r"missing \['nir'\]"):
         write(mosaic, outputs(tmp_path, rgb_bands=("nir", "green", "blue")))
-    monkeypatch.setattr(write_mod, "MAX_PNG_PIXELS", 1000)
+    monkeypatch.setattr(raster_mod, "MAX_PNG_PIXELS", 1000)
     with pytest.raises(WriteError, match=r"m\.png.*use a \.tif"):
         write(mosaic, outputs(tmp_path))
     assert not list(tmp_path.iterdir())
