@@ -10,33 +10,10 @@ The modules behind these names are private (``s2mosaic._cube``, ...); the public
 ``__all__`` lists, plus the subpackages ``composite``, ``masks``, ``demo`` and ``errors``.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from ._batch import BatchReport, run_many
-from ._chips import Chip, ChipsReport, chip_at, chips_over, make_chips
-from ._cluster import gpu_annotate, gpu_resources, job_script, load_profile, make_client
-from ._grid import output_geobox
-from ._pipeline import mosaic, software_versions
-from ._plan import Plan, plan
-from ._run import RunReport, run
-from ._search import SearchResult, search
-from ._select import Selection, select
-from ._spec import MosaicSpec
-from ._timeseries import (
-    INDICES,
-    GapFill,
-    Observations,
-    filter_acquisitions,
-    gapfill,
-    interpolate,
-    normalized_difference,
-    observations,
-    series,
-    valid_fraction,
-    with_indices,
-)
-from ._timeseries_run import run_gapfill, run_series
-from ._write import WriteResult, export_tiles, write
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -56,6 +33,77 @@ from .errors import (
     WriteError,
 )
 
+if TYPE_CHECKING:
+    from ._batch import BatchReport, run_many
+    from ._chips import Chip, ChipsReport, chip_at, chips_over, make_chips
+    from ._cluster import gpu_annotate, gpu_resources, job_script, load_profile, make_client
+    from ._dategrid import interpolate
+    from ._export import export_tiles
+    from ._gapfill import GapFill, gapfill
+    from ._grid import output_geobox
+    from ._pipeline import mosaic
+    from ._plan import Plan, plan
+    from ._run import RunReport, run
+    from ._search import SearchResult, search
+    from ._select import Selection, select
+    from ._spec import MosaicSpec
+    from ._timeseries import (
+        INDICES,
+        Observations,
+        filter_acquisitions,
+        normalized_difference,
+        observations,
+        series,
+        valid_fraction,
+        with_indices,
+    )
+    from ._timeseries_run import run_gapfill, run_series
+    from ._write import WriteResult, write
+
+# The modules behind the public names are imported on first use (PEP 562), so ``import
+# s2mosaic.cli`` (``s2mosaic --help``) or ``s2mosaic.errors`` does not pull in Dask, xarray,
+# odc-stac and GDAL. Keep this table and the imports above in step (tests/test_cli.py checks).
+_LAZY: dict[str, tuple[str, ...]] = {
+    "_batch": ("BatchReport", "run_many"),
+    "_chips": ("Chip", "ChipsReport", "chip_at", "chips_over", "make_chips"),
+    "_cluster": ("gpu_annotate", "gpu_resources", "job_script", "load_profile", "make_client"),
+    "_grid": ("output_geobox",),
+    "_pipeline": ("mosaic",),
+    "_plan": ("Plan", "plan"),
+    "_run": ("RunReport", "run"),
+    "_search": ("SearchResult", "search"),
+    "_select": ("Selection", "select"),
+    "_spec": ("MosaicSpec",),
+    "_timeseries": (
+        "INDICES", "Observations", "filter_acquisitions", "normalized_difference",
+        "observations", "series", "valid_fraction", "with_indices",
+    ),
+    "_dategrid": ("interpolate",),
+    "_gapfill": ("GapFill", "gapfill"),
+    "_timeseries_run": ("run_gapfill", "run_series"),
+    "_write": ("WriteResult", "write"),
+    "_export": ("export_tiles",),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+#: Subpackages reachable as attributes of ``s2mosaic`` after ``import s2mosaic``.
+_SUBPACKAGES = ("composite", "demo", "masks")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return import_module(f".{name}", __name__)
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 's2mosaic' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # once imported, a plain module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_SUBPACKAGES})
+
+
 try:
     __version__ = version("s2mosaic")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
@@ -64,6 +112,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 def show_versions() -> None:
     """Print the versions of s2mosaic and the libraries it relies on (paste into bug reports)."""
+    from ._pipeline import software_versions
+
     for name, v in software_versions().items():
         print(f"{name:>14}: {v}")
 

@@ -60,6 +60,7 @@ __all__ = [
     "LOCAL_SCHEDULERS",
     "ClusterProfile",
     "Connection",
+    "client_source",
     "gpu_annotate",
     "gpu_resources",
     "job_script",
@@ -235,6 +236,25 @@ def make_client(target: RuntimeSpec | ClusterProfile | str | Path | None = None,
     raise ArgumentTypeError(f"make_client(target={target!r}): expected a RuntimeSpec, a cluster "
                             "profile (path or ClusterProfile), a scheduler address, "
                             "'synchronous' or 'threads'")
+
+
+def client_source(runtime: RuntimeSpec, client: Any = None) -> str:
+    """Which client :func:`make_client` will use for ``runtime``, in words, without connecting
+    (the same order: given client, runtime.scheduler, current client, DASK_SCHEDULER_ADDRESS,
+    runtime.cluster, LocalCluster)."""
+    if client is not None:
+        return "the given client"
+    if runtime.scheduler is not None:
+        return str(runtime.scheduler)
+    current = _current_client()
+    if current is not None:
+        return current.description
+    address = dask.config.get("scheduler-address", None)
+    if address:
+        return f"scheduler {address} (DASK_SCHEDULER_ADDRESS)"
+    if runtime.cluster is not None:
+        return f"cluster profile {runtime.cluster}"
+    return "LocalCluster"
 
 
 def _current_client() -> Connection | None:

@@ -3,9 +3,10 @@
 :func:`plan` searches and selects exactly as a run would (:func:`s2mosaic._search`,
 :func:`s2mosaic._select.select`) and then works out, without reading any pixel:
 
-* **bytes to read**: the run reads, per output chunk, per scene and per asset, the COG tiles
-  (blocks) under the chunk's footprint, plus the file header on every open — odc-stac opens each
-  asset once per chunk. The plan walks the same chunks and scenes with odc-geo's
+* **bytes to read**: the run reads, tile by tile, per chunk of the tile's context box (the tile
+  plus the margin its masks need), per scene and per asset, the COG tiles (blocks) under the
+  chunk's footprint, plus the file header on every open — odc-stac opens each asset once per
+  chunk. The plan walks the same tiles, chunks and scenes with odc-geo's
   ``compute_reproject_roi`` (what odc-loader uses to decide the window) and adds the block sizes
   from the COG headers when the files can be opened (local files, or remote ones when
   ``remote=True``), from the asset's size (``file:size`` or the file system) spread evenly over
@@ -21,25 +22,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pystac
-from odc.geo.geobox import GeoBox, GeoboxTiles
-from odc.geo.geom import Geometry
+from odc.geo.geobox import GeoBox, GeoBoxBase, GeoboxTiles
 from odc.geo.overlap import compute_reproject_roi
 from pyproj import Geod
 
-from ._grid import native_geobox, output_geobox
+from ._grid import native_geobox, output_geobox, tiles
 from ._items import (
     asset_dtype,
-    footprint,
     mask_band_keys,
     mgrs_tile,
     resolve_band,
@@ -49,7 +50,9 @@ from ._items import (
 from ._search import search
 from ._select import Selection, select
 from ._spec import MosaicSpec
+from ._tiles import TileGrid
 from .errors import CoverageError, SpecError
+from .masks import context_pixels
 
 __all__ = [
     "BYTES_PER_PIXEL",
@@ -259,59 +262,26 @@ def plan(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *, cores:
         raise SpecError("cost_per_core_hour", cost_per_core_hour, "expected a number >= 0")
     found = search(spec, allow_empty=True) if items is None else items
     warnings: list[str] = []
-    relaxed = spec
-    if spec.select.require_full_coverage:
-        import dataclasses
-
-        relaxed = spec.replace(select=dataclasses.replace(spec.select, require_full_coverage=False))
-    sel = select(relaxed, found)
-    if spec.select.require_full_coverage:
-        try:
-            select(spec, found)
-        except CoverageError as e:
-            warnings.append(f"the run would fail: {e}")
-    dropped = getattr(found, "dropped", [])
-    dups = sum(1 for d in dropped if "duplicate" in d.reason or "more than once" in d.reason)
-    scenes = {"found": len(found) + len(dropped), "filtered": len(dropped) - dups,
-              "duplicates": dups, "after_dedupe": len(found), "selected": len(sel)}
-    tiles: dict[str, dict[str, int]] = {}
-    chosen = {i.id for i in sel}
-    for item in found:
-        t = tiles.setdefault(mgrs_tile(item) or "?", {"after_dedupe": 0, "selected": 0})
-        t["after_dedupe"] += 1
-        t["selected"] += int(item.id in chosen)
+    sel = _selection(spec, found, warnings)
+    scenes, tiles = _scene_counts(found, sel)
     aoi_km2 = abs(Geod(ellps="WGS84").geometry_area_perimeter(spec.aoi.geometry)[0]) / 1e6
     days = (spec.period.end - spec.period.start).days + 1
-    sel_summary = sel.summary()
+    periods = sel.summary()["periods"]
+    timing = functools.partial(_time, spec=spec, cores=cores, cluster=cluster,
+                               price=cost_per_core_hour, tp=throughput)
     if not sel:
         warnings.append("no scenes: nothing would be read or written (the run would fail)")
         empty = {"bytes": 0, "source_bytes": 0, "readback_bytes": 0, "metadata_bytes": 0,
                  "overhead_bytes": 0, "opens": 0, "assets": 0, "sources": {}}
-        return Plan(spec.name, aoi_km2, sel_summary["periods"], scenes, tiles, sel.coverage,
+        return Plan(spec.name, aoi_km2, periods, scenes, tiles, sel.coverage,
                     {"crs": None, "shape": [0, 0], "bands": len(spec.bands), "chunks": 0},
-                    {}, empty, {"bytes": 0, "sentinel2mosaics_bytes": 0}, _time(0, 0, spec,
-                    cores, cluster, cost_per_core_hour, throughput), warnings)
+                    {}, empty, {"bytes": 0, "sentinel2mosaics_bytes": 0}, timing(0, 0), warnings)
     gbox = output_geobox(spec, sel)
     keys = _asset_keys(spec, sel[0])
     layouts = _Layouts(remote)
     read = _bytes_to_read(spec, sel, gbox, keys, layouts)
     output = _output_bytes(spec, gbox, read.pop("density"))
-    if "zarr" in output:  # the run records its items (STAC JSON) and coordinates in the store
-        output["zarr"] += sum(len(json.dumps(i.to_dict(include_self_link=False,
-                                                       transform_hrefs=False))) for i in sel)
-        output["zarr"] += _ZARR_METADATA + 8 * (gbox.shape[0] + gbox.shape[1])
-    # write.py computes the mosaic once (into the Zarr, else the COG) and reads the later
-    # products (COG, display product) back from that file.
-    first = output.get("zarr", output.get("cog", 0))
-    later = sum(1 for k in ("cog", "rgb") if k in output) - ("zarr" not in output)
-    read["source_bytes"] = read["bytes"]
-    read["readback_bytes"] = int(first * max(0, later))
-    # The run searches again: the STAC JSON of the scenes (the file or the API's responses).
-    read["metadata_bytes"] = sum(len(json.dumps(i.to_dict(include_self_link=False,
-                                                          transform_hrefs=False))) for i in found)
-    read["overhead_bytes"] = RUN_OVERHEAD_BYTES
-    read["bytes"] = sum(read[k] for k in ("source_bytes", "readback_bytes", "metadata_bytes",
-                                          "overhead_bytes"))
+    _add_run_bytes(read, output, sel, found, gbox)
     everything = sum(layouts.get(i, k).size for i in found for k in keys if k in i.assets)
     s2m = aoi_km2 * _MI2_PER_KM2 * days * SENTINEL2MOSAICS_GB * 1e9
     n_obs = _observations(sel)
@@ -322,7 +292,7 @@ def plan(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *, cores:
         warnings.append(f"{layouts.remote_skipped} remote asset(s) sized without opening them "
                         "(pass remote=True / --remote to read their COG headers)")
     return Plan(
-        name=spec.name, aoi_km2=aoi_km2, periods=sel_summary["periods"], scenes=scenes,
+        name=spec.name, aoi_km2=aoi_km2, periods=periods, scenes=scenes,
         tiles=dict(sorted(tiles.items())), coverage=sel.coverage,
         grid={"crs": str(gbox.crs), "shape": list(gbox.shape.yx),
               "resolution": abs(gbox.resolution.x), "bands": len(spec.bands), "chunks": chunks,
@@ -330,10 +300,61 @@ def plan(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *, cores:
         output_bytes=output, read=read,
         download_everything={"bytes": int(everything), "sentinel2mosaics_bytes": int(s2m),
                              "scenes": len(found), "days": days},
-        time=_time(read["source_bytes"], n_obs * px * len(spec.bands), spec, cores, cluster,
-                   cost_per_core_hour, throughput),
+        time=timing(read["source_bytes"], n_obs * px * len(spec.bands)),
         warnings=warnings,
     )
+
+
+def _selection(spec: MosaicSpec, found: Sequence[pystac.Item], warnings: list[str]) -> Selection:
+    """The scenes a run would select; a coverage the run would refuse is a warning here."""
+    if not spec.select.require_full_coverage:
+        return select(spec, found)
+    relaxed = spec.replace(select=dataclasses.replace(spec.select, require_full_coverage=False))
+    try:
+        select(spec, found)
+    except CoverageError as e:
+        warnings.append(f"the run would fail: {e}")
+    return select(relaxed, found)
+
+
+def _scene_counts(found: Sequence[pystac.Item], sel: Selection,
+                  ) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Scenes found, filtered, duplicated, kept and selected; and per MGRS tile."""
+    dropped = getattr(found, "dropped", [])
+    dups = sum(1 for d in dropped if "duplicate" in d.reason or "more than once" in d.reason)
+    scenes = {"found": len(found) + len(dropped), "filtered": len(dropped) - dups,
+              "duplicates": dups, "after_dedupe": len(found), "selected": len(sel)}
+    tiles: dict[str, dict[str, int]] = {}
+    chosen = {i.id for i in sel}
+    for item in found:
+        t = tiles.setdefault(mgrs_tile(item) or "?", {"after_dedupe": 0, "selected": 0})
+        t["after_dedupe"] += 1
+        t["selected"] += int(item.id in chosen)
+    return scenes, tiles
+
+
+def _add_run_bytes(read: dict[str, Any], output: dict[str, int], sel: Sequence[pystac.Item],
+                   found: Sequence[pystac.Item], gbox: GeoBox) -> None:
+    """What a run reads and writes besides the scenes' pixels: the items recorded in the store,
+    outputs read back for later products, the STAC JSON, the fixed overhead."""
+    if "zarr" in output:  # the run records its items (STAC JSON) and coordinates in the store
+        output["zarr"] += sum(_json_size(i) for i in sel)
+        output["zarr"] += _ZARR_METADATA + 8 * (gbox.shape[0] + gbox.shape[1])
+    # The run computes the mosaic once (into the Zarr, else the COG) and reads the later
+    # products (COG, display product) back from that file.
+    first = output.get("zarr", output.get("cog", 0))
+    later = sum(1 for k in ("cog", "rgb") if k in output) - ("zarr" not in output)
+    read["source_bytes"] = read["bytes"]
+    read["readback_bytes"] = int(first * max(0, later))
+    # The run searches again: the STAC JSON of the scenes (the file or the API's responses).
+    read["metadata_bytes"] = sum(_json_size(i) for i in found)
+    read["overhead_bytes"] = RUN_OVERHEAD_BYTES
+    read["bytes"] = sum(read[k] for k in ("source_bytes", "readback_bytes", "metadata_bytes",
+                                          "overhead_bytes"))
+
+
+def _json_size(item: pystac.Item) -> int:
+    return len(json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False)))
 
 
 def _observations(sel: Selection | Sequence[pystac.Item]) -> int:
@@ -443,53 +464,78 @@ def _block_table(src: Any) -> tuple[np.ndarray, np.ndarray]:
 # -- the estimates --------------------------------------------------------------------------------
 def _bytes_to_read(spec: MosaicSpec, items: Sequence[pystac.Item], gbox: GeoBox,
                    keys: list[str], layouts: _Layouts) -> dict[str, Any]:
-    """Walk the chunks × scenes × assets a run reads, as odc-stac does."""
-    from odc.loader._rio import pick_overview
-
-    gbt = GeoboxTiles(gbox, (spec.runtime.chunks, spec.runtime.chunks))
-    scl = scl_asset_key(items[0]) if spec.mask.uses_scl else None
-    total = 0.0
-    opens = 0
+    """Walk the tiles × chunks × scenes × assets a run reads, as the run and odc-stac do: each
+    tile (``runtime.tile_size``) loads the scenes that touch it on its context box - the tile
+    plus the margin its masks need (``masks.context_pixels``: buffers, dilation, OCM halo) -
+    chunked as the store, and odc-stac opens each asset once per chunk its image touches. A
+    chunk of the margin alone is read only for the mask's inputs: the bands' chunks there are
+    cropped away, and Dask never loads them."""
     sources: dict[str, int] = {"cog-header": 0, "asset-size": 0, "estimate": 0}
     dens_bytes = dens_px = 0.0
     band_keys = set(keys[: len(spec.bands)])
     for item in items:
-        lays = {k: layouts.get(item, k) for k in keys if k in item.assets}
-        for k, lay in lays.items():
+        for k in keys:
+            if k not in item.assets:
+                continue
+            lay = layouts.get(item, k)
             sources[lay.source] += 1
             if k in band_keys:
                 dens_bytes += float(lay.blocks[0].sum())
                 dens_px += lay.geobox.shape[0] * lay.geobox.shape[1]
-        # odc-stac makes a read task for every chunk the scene's image footprint touches.
-        ref = lays[keys[0]]
-        extent = ref.geobox.extent
-        if extent is None:  # pragma: no cover - GeoBox always has an extent
-            fp = footprint(item)
-            extent = Geometry(fp, "EPSG:4326") if fp is not None else gbox.extent
-        rois: dict[tuple[Any, ...], Any] = {}
-        for idx in gbt.tiles(extent):
-            dst = gbt[idx]
-            for k, lay in lays.items():
-                opens += 1
-                nearest = k == scl or spec.grid.resampling == "nearest"
-                rk = (tuple(lay.geobox.shape.yx), tuple(lay.geobox.affine)[:6], str(lay.geobox.crs),
-                      nearest,
-                      idx)
-                if rk not in rois:
-                    rois[rk] = compute_reproject_roi(lay.geobox, dst, ttol=0.9 if nearest else 0.05)
-                rr = rois[rk]
-                level, roi = 0, rr.roi_src
-                if rr.read_shrink > 1:
-                    ovr = pick_overview(rr.read_shrink, lay.overviews)
-                    if ovr is not None:
-                        level = ovr + 1
-                        f = lay.overviews[ovr]
-                        ovr_gbox = lay.geobox.zoom_out(f)
-                        roi = compute_reproject_roi(ovr_gbox, dst, ttol=0.05).roi_src
-                total += _read_bytes(lay, level, roi)
+    aoi = spec.aoi.odc_geometry().to_crs(gbox.crs)
+    grid = TileGrid(gbox, tiles(gbox, spec.runtime.tile_pixels),
+                    context_pixels(spec.mask, gbox), aoi, items)
+    reads = _Reads(spec, items[0])
+    mask_keys = set(keys) - band_keys | set(mask_band_keys(items[0], spec.mask))
+    c = spec.runtime.chunks
+    for tile in grid.tiles:
+        box, ys, xs = grid.context(tile)
+        chunks = GeoboxTiles(box, (c, c))
+        for item in grid.touching(tile):
+            lays = {k: layouts.get(item, k) for k in keys if k in item.assets}
+            for iy, ix in chunks.tiles(lays[keys[0]].geobox.extent):
+                inner = iy * c < ys.stop and (iy + 1) * c > ys.start and \
+                    ix * c < xs.stop and (ix + 1) * c > xs.start
+                reads.chunk({k: v for k, v in lays.items() if inner or k in mask_keys},
+                            chunks[iy, ix])
     density = dens_bytes / dens_px if dens_px else BYTES_PER_PIXEL["uint16"]
-    return {"bytes": int(total), "opens": opens, "assets": sum(sources.values()),
+    return {"bytes": int(reads.total), "opens": reads.opens, "assets": sum(sources.values()),
             "sources": sources, "density": density}
+
+
+class _Reads:
+    """The bytes and file opens of the chunk reads of a run, summed (windows cached by source
+    grid and chunk: neighbouring tiles and scenes on one grid share them)."""
+
+    def __init__(self, spec: MosaicSpec, ref: pystac.Item) -> None:
+        self.scl = scl_asset_key(ref) if spec.mask.uses_scl else None
+        self.nearest = spec.grid.resampling == "nearest"
+        self.total = 0.0
+        self.opens = 0
+        self._rois: dict[tuple[Any, ...], Any] = {}
+
+    def chunk(self, lays: Mapping[str, _Layout], dst: GeoBoxBase) -> None:
+        """One output chunk ``dst`` of one scene: an open and a window read per asset."""
+        from odc.loader._rio import pick_overview
+
+        where = (tuple(dst.shape.yx), tuple(dst.boundingbox))
+        for k, lay in lays.items():
+            self.opens += 1
+            nearest = k == self.scl or self.nearest
+            key = (tuple(lay.geobox.shape.yx), tuple(lay.geobox.affine)[:6], str(lay.geobox.crs),
+                   nearest, where)
+            if key not in self._rois:
+                self._rois[key] = compute_reproject_roi(lay.geobox, dst,
+                                                        ttol=0.9 if nearest else 0.05)
+            rr = self._rois[key]
+            level, roi = 0, rr.roi_src
+            if rr.read_shrink > 1:
+                ovr = pick_overview(rr.read_shrink, lay.overviews)
+                if ovr is not None:
+                    level = ovr + 1
+                    ovr_gbox = lay.geobox.zoom_out(lay.overviews[ovr])
+                    roi = compute_reproject_roi(ovr_gbox, dst, ttol=0.05).roi_src
+            self.total += _read_bytes(lay, level, roi)
 
 
 def _read_bytes(lay: _Layout, level: int, roi: tuple[slice, slice]) -> float:
@@ -564,7 +610,7 @@ def _cores(spec: MosaicSpec, cores: int | None, cluster: str | Path | None) -> i
     return w * t
 
 
-def _time(read_bytes: float, band_obs: float, spec: MosaicSpec, cores: int | None,
+def _time(read_bytes: float, band_obs: float, *, spec: MosaicSpec, cores: int | None,
           cluster: str | Path | None, price: float | None, tp: Throughput) -> dict[str, Any]:
     n = _cores(spec, cores, cluster)
     compute = (read_bytes / (tp.read_mb_s_per_core * 1e6)

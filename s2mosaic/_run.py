@@ -31,6 +31,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,8 +47,8 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_zeros
 
-from . import _write
-from ._cluster import make_client, quiet_rasterio, quiet_workers
+from . import _raster, _write
+from ._cluster import client_source, make_client, quiet_rasterio, quiet_workers
 from ._cube import observation_count
 from ._grid import Tile, output_geobox, tiles
 from ._manifest import Manifest, TileRecord, fingerprint, pixel_spec, spec_differences, tile_digest
@@ -62,7 +63,7 @@ from .masks import context_pixels
 
 __all__ = ["MosaicProduct", "Product", "RunReport", "dated", "execute", "export_rasters", "run"]
 
-COUNT = _write.COUNT
+COUNT = _raster.COUNT
 #: Dataset attributes of a tile's mosaic that describe that tile only (not copied to the store).
 _TILE_ATTRS = ("boa_offsets", "mask_bands", _write.PROVENANCE_ATTR)
 
@@ -81,6 +82,10 @@ class RunReport:
     wall_time_s: float
     dashboard: str | None = None
     stages_s: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage: ``search_s`` (output checks, search or the resumed store's items,
+    grid), ``cluster_s`` (the client started or connected), ``store_s`` (run-wide state, store
+    initialised, finished tiles verified), ``tiles_s`` (of which ``graphs_s`` building tile
+    graphs), ``products_s`` (COG / RGB exports and the metadata)."""
     status: str = "complete"
     """``complete``, or ``failed`` when tiles failed after their retries."""
     tiles: dict[str, int] = field(default_factory=dict)
@@ -129,8 +134,9 @@ def run(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None, client:
         are reused (not searched again); a store made from a different spec is refused. With no
         store yet, the run starts from scratch.
     on_stage
-        ``on_stage(name, info)`` after each stage (``cluster``, ``search``, ``plan``,
-        ``tiles``); the CLI prints from it.
+        ``on_stage(name, info)`` after each stage (``search``, ``cluster``, ``plan``,
+        ``tiles``); the CLI prints from it. The output and resume checks and the search come
+        before the cluster is started: a run that cannot start submits no worker job.
 
     Returns
     -------
@@ -157,10 +163,7 @@ def execute(spec: MosaicSpec, product: Product, *, items: Sequence[pystac.Item] 
     :func:`s2mosaic.run_series` and :func:`s2mosaic.run_gapfill` share (the arguments are
     :func:`run`'s), with the start/completion/failure notifications around it."""
     notifier = Notifier.from_env()
-    rt = spec.runtime
-    where = ("the given client" if client is not None else
-             f"cluster profile {rt.cluster}" if rt.cluster is not None else rt.scheduler or "LocalCluster")
-    notifier.started(spec.name, cluster=where,
+    notifier.started(spec.name, cluster=client_source(spec.runtime, client),
                      outputs={k: getattr(spec.output, k) for k in ("zarr", "cog", "rgb")})
     try:
         report = _Run(spec, product, resume, progress,
@@ -194,7 +197,7 @@ def store_path(output: OutputSpec) -> Path:
 class Product(Protocol):
     """What a run computes. The runner does the rest - tiles, store, manifest, resume, retries,
     report - the same way for every product (:class:`MosaicProduct`, and the series and
-    gap-fill products of :mod:`s2mosaic._timeseries`)."""
+    gap-fill products of :mod:`s2mosaic._timeseries_run`)."""
 
     kind: str
     """``mosaic``, ``series`` or ``gapfill``: recorded in the manifest and the run report."""
@@ -286,9 +289,9 @@ def export_rasters(source: xr.Dataset, output: OutputSpec, day: dt.date | str, *
                 continue
             target = dated(path, day) if day else path
             written[key] = (
-                _write.write_cog(source, target, overwrite=overwrite, client=client,
+                _raster.write_cog(source, target, overwrite=overwrite, client=client,
                                  progress=progress) if kind == "cog" else
-                _write.write_rgb(source, target, output.rgb_bands, output.rgb_range,
+                _raster.write_rgb(source, target, output.rgb_bands, output.rgb_range,
                                  overwrite=overwrite, client=client, progress=progress))
     return written
 
@@ -321,35 +324,50 @@ class _Store:
         self.scratch = out.zarr is None
         self.manifest = Manifest(self.path)
         self.chunk = spec.runtime.chunks
+        self.header: dict[str, Any] | None = None
+        """The manifest header of the store being resumed (None: a new store)."""
 
     def open(self, items: Sequence[pystac.Item] | None) -> tuple[SearchResult, TileGrid]:
-        """The run's items and tiles: those recorded in the store when resuming it, else
-        searched (unless given) and selected by the product, with the store initialised."""
+        """The run's items and tiles, before any cluster is started: a resumed store's
+        recorded items (its header checked against the spec), else the output checks, then
+        the items searched (unless given) and selected by the product."""
         spec = self.spec
-        header = self._resumable() if self.resume and os.path.lexists(self.path) else None
-        items = self._new_items(items) if header is None else self._recorded_items(items)
+        self.header = self._resumable() if self.resume and os.path.lexists(self.path) else None
+        items = self._new_items(items) if self.header is None else self._recorded_items(items)
         gbox = output_geobox(spec, items)
         aoi = spec.aoi.odc_geometry().to_crs(gbox.crs)
         grid = TileGrid(gbox, tiles(gbox, spec.runtime.tile_pixels),
                         context_pixels(spec.mask, gbox), aoi, items)
-        state = self.product.prepare(items, gbox,
-                                     None if header is None else header.get("product"))
-        info = _write.grid_info(gbox)
-        fp = fingerprint(spec.to_dict(), info, spec.runtime.tile_pixels,
-                             [i.id for i in items], None if self.product.kind == "mosaic" else state)
-        if header is None:
-            header = {"fingerprint": fp, "spec": pixel_spec(spec.to_dict()), "grid": info,
-                      "tile_size": spec.runtime.tile_pixels, "chunks": self.chunk,
-                      "tiles": len(grid.tiles), "halo": list(grid.halo),
-                      "bands": self.product.names, "product": state}
-            _write.init_zarr(self._template(grid), self.path, overwrite=True,
-                             before_publish=lambda p: Manifest(p).create(header, items))
-        elif header.get("fingerprint") != fp:
-            raise WriteError(f"resume: {self.path} was made for another grid or tiling "
-                             f"({header.get('grid')}, tile_size {header.get('tile_size')}) "
-                             f"than this spec gives ({info}, tile_size "
-                             f"{spec.runtime.tile_pixels}); use overwrite or another path")
+        if self.header is not None:  # the recorded state: cheap, and checked before the cluster
+            state = self.product.prepare(items, gbox, self.header.get("product"))
+            fp = self._fingerprint(items, grid, state)
+            if self.header.get("fingerprint") != fp:
+                info = _write.grid_info(gbox)
+                raise WriteError(f"resume: {self.path} was made for another grid or tiling "
+                                 f"({self.header.get('grid')}, tile_size "
+                                 f"{self.header.get('tile_size')}) than this spec gives ({info}, "
+                                 f"tile_size {spec.runtime.tile_pixels}); use overwrite or "
+                                 "another path")
         return items, grid
+
+    def initialise(self, items: SearchResult, grid: TileGrid) -> None:
+        """A new run's store: the product's run-wide state (which may compute, on the run's
+        client), then the store and its manifest header. A resumed store is left as it is."""
+        if self.header is not None:
+            return
+        state = self.product.prepare(items, grid.gbox, None)
+        header = {"fingerprint": self._fingerprint(items, grid, state),
+                  "spec": pixel_spec(self.spec.to_dict()), "grid": _write.grid_info(grid.gbox),
+                  "tile_size": self.spec.runtime.tile_pixels, "chunks": self.chunk,
+                  "tiles": len(grid.tiles), "halo": list(grid.halo),
+                  "bands": self.product.names, "product": state}
+        _write.init_zarr(self._template(grid), self.path, overwrite=True,
+                         before_publish=lambda p: Manifest(p).create(header, items))
+
+    def _fingerprint(self, items: SearchResult, grid: TileGrid, state: dict[str, Any]) -> str:
+        spec = self.spec
+        return fingerprint(spec.to_dict(), _write.grid_info(grid.gbox), spec.runtime.tile_pixels,
+                           [i.id for i in items], None if self.product.kind == "mosaic" else state)
 
     def _new_items(self, items: Sequence[pystac.Item] | None) -> SearchResult:
         out = self.spec.output
@@ -467,20 +485,27 @@ class _Run:
         self.bytes_written: int | None = None
 
     def execute(self, items: Sequence[pystac.Item] | None, client: Any) -> RunReport:
+        # Everything that can fail cheaply - output checks, resume checks, search, grid - comes
+        # before the cluster: no worker job is queued for a run that cannot start.
+        self.items, self.grid = self.out.open(items)
+        self.gbox = self.grid.gbox
+        self.observations = observation_count(self.items, self.spec)
+        self.stages["search_s"] = round(time.time() - self.t0, 3)
+        self.notify("search", {"items": self.items})
+        t1 = time.time()
         conn = make_client(self.spec.runtime, client=client)
         with conn as c:
             self.client = c
+            self.stages["cluster_s"] = round(time.time() - t1, 3)
             self.notify("cluster", {"dashboard": conn.dashboard_link, "client": c,
                                     "cluster": conn.description})
             if c is not None:
                 quiet_workers(c)
             quiet_rasterio()
-            self.items, self.grid = self.out.open(items)
-            self.gbox = self.grid.gbox
-            self.observations = observation_count(self.items, self.spec)
-            self.stages["search_s"] = round(time.time() - self.t0, 3)
-            self.notify("search", {"items": self.items})
+            t2 = time.time()
+            self.out.initialise(self.items, self.grid)
             todo = self._todo()
+            self.stages["store_s"] = round(time.time() - t2, 3)
             self.limit = self._limit()
             self.notify("plan", {"shape": tuple(self.gbox.shape.yx), "tiles": len(self.grid.tiles),
                                  "todo": len(todo), "observations": self.observations,
@@ -489,9 +514,9 @@ class _Run:
             self._run_tiles(todo)
             if self.failed:
                 raise self._failure()
-            t2 = time.time()
+            t3 = time.time()
             outputs = self._exports()
-            self.stages["products_s"] = round(time.time() - t2, 3)
+            self.stages["products_s"] = round(time.time() - t3, 3)
         return self._report(outputs, "complete")
 
     def _failure(self) -> RunError:
@@ -567,7 +592,8 @@ class _Run:
         source = _write.open_zarr(self.store)[self.product.names]
         written: dict[str, Path | None] = {"zarr": None if self.out.scratch else self.store}
         written |= self.product.exports(source, out, overwrite=out.overwrite or self.resume,
-                                        client=self.client, progress=self.progress)
+                                        client=self.client,
+                                        progress=self.progress and interactive())
         meta = out.metadata_path
         assert meta is not None
         written["metadata"] = meta
@@ -607,9 +633,13 @@ class _Run:
 
 @contextlib.contextmanager
 def _progress(show: bool, total: int, completed: int) -> Iterator[Callable[[], None]]:
-    """A rich progress bar over tiles (terminal and Jupyter); a no-op when not shown."""
+    """A rich progress bar over tiles on a terminal or in Jupyter; plain lines elsewhere (CI
+    logs, pipes: :class:`_ProgressLines`); a no-op when not shown."""
     if not show:
         yield lambda: None
+        return
+    if not interactive():
+        yield _ProgressLines(total, completed)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -617,6 +647,33 @@ def _progress(show: bool, total: int, completed: int) -> Iterator[Callable[[], N
                   transient=False) as bar:
         task = bar.add_task("tiles", total=total, completed=completed)
         yield lambda: bar.advance(task)
+
+
+def interactive() -> bool:
+    """Whether progress can be drawn live: stdout is a terminal, or this is Jupyter."""
+    from rich.console import Console
+
+    console = Console()
+    return console.is_terminal or console.is_jupyter
+
+
+class _ProgressLines:
+    """Progress for logs: a line on stderr at each tenth of the tiles and at the last one
+    (a live bar would write a carriage return per refresh)."""
+
+    def __init__(self, total: int, completed: int) -> None:
+        self.total, self.done, self.t0 = total, completed, time.time()
+        self.tenth = self._tenth()
+
+    def _tenth(self) -> int:
+        return self.done * 10 // max(1, self.total)
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self._tenth() > self.tenth or self.done == self.total:
+            self.tenth = self._tenth()
+            print(f"tiles {self.done}/{self.total} ({100 * self.done // max(1, self.total)} %) "
+                  f"after {time.time() - self.t0:.0f} s", file=sys.stderr, flush=True)
 
 
 def _rchar() -> int | None:

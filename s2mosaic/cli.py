@@ -5,14 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from ._spec import MosaicSpec
 from .errors import S2MosaicError
+
+if TYPE_CHECKING:  # the library is imported inside the commands: `s2mosaic --help` stays quick
+    from ._spec import MosaicSpec
 
 app = typer.Typer(
     help="Cloud-free Sentinel-2 mosaics from STAC, streamed with Dask.",
@@ -34,8 +35,14 @@ ClusterOpt = Annotated[
                  "LocalCluster or dask-jobqueue workers (SLURM, PBS, ...) for the run. Default: "
                  "the spec's runtime.cluster.", show_default=False),
 ]
+
 ProfileArg = Annotated[Path, typer.Argument(help="Cluster profile (YAML), e.g. "
                                             "cluster/slurm-gpu.yaml.", show_default=False)]
+
+
+def _flag(*decls: str, help: str) -> Any:
+    """A boolean option that takes no value (no ``<bool>`` after it in the help)."""
+    return typer.Option(*decls, help=help, metavar="")
 
 
 def _fail(e: Exception) -> typer.Exit:
@@ -45,6 +52,8 @@ def _fail(e: Exception) -> typer.Exit:
 
 def _load(path: Path, scheduler: str | None = None, overwrite: bool = False,
           cluster: Path | None = None) -> MosaicSpec:
+    from ._spec import MosaicSpec
+
     spec = _with_runtime(MosaicSpec.from_yaml(path), scheduler, cluster)
     if overwrite:
         spec = spec.replace(output=dataclasses.replace(spec.output, overwrite=True))
@@ -67,9 +76,11 @@ def _with_runtime(spec: MosaicSpec, scheduler: str | None, cluster: Path | None)
 
 @app.command()
 def search(spec_path: SpecArg,
-           as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+           as_json: Annotated[bool, _flag("--json", help="Print JSON, not a table.")] = False,
            ) -> None:
     """List the scenes the spec's search finds (after filters and de-duplication)."""
+    from rich.table import Table
+
     from ._items import boa_offset, format_baseline, item_datetime, mgrs_tile, resolve_band
     from ._search import search as do_search
 
@@ -143,8 +154,8 @@ def run(
     spec_path: SpecArg,
     scheduler: SchedulerOpt = None,
     cluster: ClusterOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
-    resume: Annotated[bool, typer.Option(
+    overwrite: Annotated[bool, _flag("--overwrite", help="Replace existing outputs.")] = False,
+    resume: Annotated[bool, _flag(
         "--resume", help="Continue an interrupted run: tiles already in the Zarr store (checked "
         "against their digests) are skipped, the rest computed.")] = False,
 ) -> None:
@@ -169,17 +180,23 @@ def demo(
     cluster: ClusterOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic catalog.")] = 0,
 ) -> None:
-    """Run the offline demo: generate the synthetic catalog if missing, then mosaic it."""
+    """Run the offline demo: generate the synthetic catalog if missing, then mosaic it.
+
+    The spec it runs is written to DIR/demo.yaml, its paths relative to that file: rerun it
+    from anywhere with `s2mosaic run DIR/demo.yaml`.
+    """
+    import os
+
     from .demo import demo_spec, make_demo_catalog
 
     console.print(f"Demo catalog in {directory / 'catalog'} (generated if missing)")
     catalog = make_demo_catalog(directory / "catalog", seed=seed)
-    spec = demo_spec(catalog, directory / "output")
     spec_file = directory / "demo.yaml"
-    spec.to_yaml(spec_file)
-    console.print(f"Spec written to {spec_file}")
+    # Relative to the spec's directory, as MosaicSpec.from_yaml resolves them.
+    demo_spec(os.path.relpath(catalog, directory), "output").to_yaml(spec_file)
+    console.print(f"Spec written to {spec_file} (rerun it with `s2mosaic run {spec_file}`)")
     try:
-        spec = _with_runtime(spec, scheduler, cluster)
+        spec = _load(spec_file, scheduler, cluster=cluster)
     except S2MosaicError as e:
         raise _fail(e) from None
     _execute(spec)
@@ -194,9 +211,9 @@ def plan(
     cost: Annotated[float | None, typer.Option("--cost-per-core-hour", help="Price of one core "
                                                "for an hour, for the cost estimate.",
                                                show_default=False)] = None,
-    remote: Annotated[bool, typer.Option("--remote", help="Open remote COG headers to size "
+    remote: Annotated[bool, _flag("--remote", help="Open remote COG headers to size "
                                          "reads exactly (network requests).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+    as_json: Annotated[bool, _flag("--json", help="Print JSON, not a table.")] = False,
 ) -> None:
     """Estimate scenes, bytes to read, output size, wall time and cost, reading no pixels."""
     from ._plan import plan as do_plan
@@ -224,7 +241,7 @@ def preview(
                                               "viewed). Default: none.", show_default=False)] = None,
     attribution: Annotated[str | None, typer.Option(help="Attribution of a --tiles URL.",
                                                     show_default=False)] = None,
-    remote: Annotated[bool, typer.Option("--remote", help="Read quicklooks of remote assets "
+    remote: Annotated[bool, _flag("--remote", help="Read quicklooks of remote assets "
                                          "(network requests).")] = False,
 ) -> None:
     """Write a quicklook map (HTML, works offline) and a PNG of the scenes the spec would use."""
@@ -277,8 +294,8 @@ def series(
     spec_path: SpecArg,
     scheduler: SchedulerOpt = None,
     cluster: ClusterOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
-    resume: Annotated[bool, typer.Option(
+    overwrite: Annotated[bool, _flag("--overwrite", help="Replace existing outputs.")] = False,
+    resume: Annotated[bool, _flag(
         "--resume", help="Continue an interrupted series: tiles already in the Zarr store "
         "(checked against their digests) are skipped, the rest computed.")] = False,
 ) -> None:
@@ -309,19 +326,19 @@ def gapfill(
     duration: Annotated[int, typer.Option(help="Window length in days.")] = 48,
     overlap: Annotated[float, typer.Option(help="Overlap of consecutive windows, [0, 1).")] = 0.5,
     step: Annotated[int, typer.Option(help="Output every STEP days (1: daily).")] = 1,
-    normalise: Annotated[bool, typer.Option("--normalise", help="Per-date illumination "
+    normalise: Annotated[bool, _flag("--normalise", help="Per-date illumination "
                                             "normalisation (clear-pixel mean per date).")] = False,
     scheduler: SchedulerOpt = None,
     cluster: ClusterOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
-    resume: Annotated[bool, typer.Option(
+    overwrite: Annotated[bool, _flag("--overwrite", help="Replace existing outputs.")] = False,
+    resume: Annotated[bool, _flag(
         "--resume", help="Continue an interrupted gap-fill with the same parameters: tiles "
         "already in the Zarr store are skipped, the rest computed.")] = False,
 ) -> None:
     """Daily (or every-STEP-day) cloud-free rasters over the spec's period by damped temporal
     interpolation (SpaceEye), computed tile by tile into output.zarr with a time dimension,
     with a run report (like `run`: tiles, retries, --resume)."""
-    from ._timeseries import GapFill
+    from ._gapfill import GapFill
     from ._timeseries_run import run_gapfill
 
     try:
@@ -394,17 +411,18 @@ def export(
     tiles_dir: Annotated[Path | None, typer.Option(
         "--tiles", help="Write one COG per tile plus mosaic.vrt into this directory.")] = None,
     tile_size: Annotated[int, typer.Option(help="Tile size in pixels for --tiles.")] = 8192,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
+    overwrite: Annotated[bool, _flag("--overwrite", help="Replace existing files.")] = False,
 ) -> None:
     """Stream a COG (overviews, BIGTIFF when needed) or per-tile COGs + a VRT from a Zarr store,
     without loading it whole."""
-    from ._write import export_cog, export_tiles
+    from ._export import export_cog, export_tiles
+    from ._run import interactive
 
     if cog is None and tiles_dir is None:
         raise typer.BadParameter("give --cog and/or --tiles", param_hint="--cog")
     try:
         if cog is not None:
-            export_cog(store, cog, overwrite=overwrite, progress=True)
+            export_cog(store, cog, overwrite=overwrite, progress=interactive())
             out.print(f"cog: {cog}")
         if tiles_dir is not None:
             vrt = export_tiles(store, tiles_dir, tile_size, overwrite=overwrite)

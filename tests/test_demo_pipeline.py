@@ -16,6 +16,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import shapely
 import shapely.geometry
 import xarray as xr
+import yaml
 from pyproj import Transformer
 from typer.testing import CliRunner
 
@@ -200,15 +201,34 @@ def test_cli_search_run_and_errors(demo_catalog: Path, tmp_path: Path) -> None:
     assert "composite.percentile" in res.output and "250" in res.output
 
 
-def test_demo_command_end_to_end(tmp_path: Path) -> None:
-    """The README's demo command (minus the install): a real LocalCluster in a subprocess."""
-    proc = subprocess.run([sys.executable, "-m", "s2mosaic.cli", "demo", "--dir", str(tmp_path)],
+def test_demo_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's demo command (minus the install): a real LocalCluster in a subprocess,
+    into ./s2mosaic-demo; then the spec it wrote, rerun from another directory."""
+    proc = subprocess.run([sys.executable, "-m", "s2mosaic.cli", "demo"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Dask dashboard" in proc.stderr
-    out = tmp_path / "output"
+    assert "\r" not in proc.stdout + proc.stderr  # not a terminal: progress as plain lines
+    demo = tmp_path / "s2mosaic-demo"
+    out = demo / "output"
     for name in ("mosaic.zarr", "mosaic.tif", "rgb.png", "mosaic.metadata.json"):
         assert (out / name).exists(), name
     meta = json.loads((out / "mosaic.metadata.json").read_text())
     assert meta["notice"] == "Contains modified Copernicus Sentinel data [2024]"
     assert len(meta["items"]) == 24
+    # demo.yaml holds paths relative to itself: it reruns from anywhere.
+    written = yaml.safe_load((demo / "demo.yaml").read_text())
+    assert written["source"]["stac"] == "catalog/catalog.json"
+    assert written["output"]["zarr"] == "output/mosaic.zarr"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    runner = CliRunner()
+    res = runner.invoke(app, ["search", "../s2mosaic-demo/demo.yaml"])
+    assert res.exit_code == 0 and "24 scene(s)" in res.output, res.output
+    before = (out / "mosaic.metadata.json").stat().st_mtime_ns
+    res = runner.invoke(app, ["run", str(demo / "demo.yaml"), "--overwrite", "--scheduler",
+                              "synchronous"])
+    assert res.exit_code == 0, res.output
+    assert (out / "mosaic.metadata.json").stat().st_mtime_ns > before
+    assert not list(elsewhere.iterdir())

@@ -60,20 +60,27 @@ def test_plan_estimates_match_a_real_run(spec: MosaicSpec, tmp_path: Path) -> No
                         output=dataclasses.replace(spec.output, zarr=out / "w.zarr",
                                                    cog=out / "w.tif", rgb=out / "w.png"))
     run(warm)  # imports, Numba's cache, PROJ's database: read once per process, not per run
-    for name, s in (("all", spec), ("min-cover", spec.replace(select={"method": "min-cover",
-                                                                      "max_observations": 2}))):
+    cover = {"method": "min-cover", "max_observations": 2}
+    # Tiles whose mask margin (dilation) makes each tile read its neighbours' edge chunks: a
+    # plan that forgot the margin was 15-24 % low here, so this case is held to 10 %.
+    margins = spec.replace(select=cover, mask=dataclasses.replace(spec.mask, dilation=2),
+                           runtime=dataclasses.replace(spec.runtime, chunks=64, tile_size=128))
+    plans = {}
+    for name, s, tolerance in (("all", spec, TOLERANCE),
+                               ("min-cover", spec.replace(select=cover), TOLERANCE),
+                               ("margins", margins, 0.10)):
         s = s.replace(output=dataclasses.replace(s.output, zarr=out / f"{name}.zarr",
                                                  cog=out / f"{name}.tif", rgb=out / f"{name}.png"))
-        p = plan(s)
+        p = plans[name] = plan(s)
         read = _measured_run(s)
         assert p.read["sources"]["cog-header"] == p.read["assets"] > 0
-        assert abs(p.bytes_to_read - read) <= TOLERANCE * read, (name, p.read, read)
+        assert abs(p.bytes_to_read - read) <= tolerance * read, (name, p.read, read)
         for fmt in ("zarr", "cog", "rgb"):
             real = _disk(getattr(s.output, fmt))
             assert abs(p.output_bytes[fmt] - real) <= TOLERANCE * real, (name, fmt, p.output_bytes,
                                                                         real)
     # The selection reads a fraction of what all scenes need; staging everything reads it all.
-    p_all, p_sel = plan(spec), p
+    p_all, p_sel = plan(spec), plans["min-cover"]
     assert p_sel.scenes["selected"] == 4 and p_all.scenes["selected"] == 24
     assert p_sel.bytes_to_read < p_all.bytes_to_read / 4
     assert p_all.download_everything["bytes"] == p_sel.download_everything["bytes"]
