@@ -8,14 +8,17 @@ that :func:`s2mosaic._items.band_type` knows for Sentinel-2 collections that dec
 as Planetary Computer's), so the cube stays ``uint16``/``uint8`` and never turns float, and
 products with a BOA offset are brought back to reflectance × 10000 chunk by chunk.
 
-GDAL settings live here only. They go through ``odc.stac.configure_rio``, which odc-stac captures
-into the graph when it is built and re-applies inside every read task, so workers get them
-without anyone touching ``os.environ``.
+GDAL settings live here only (:func:`gdal_settings`: fixed options plus the spec's time-outs and
+retries). They go through ``odc.stac.configure_rio``, which odc-stac captures into the graph when
+it is built and re-applies inside every read task (``capture_env``/``restore_env`` of its reader
+driver), so workers get them without anyone touching ``os.environ``; stackstac carries them in
+the ``gdal_env`` of its graph likewise.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -36,14 +39,18 @@ from ._items import (
     scl_asset_key,
     solar_day,
 )
-from ._spec import MosaicSpec
+from ._sign_readers import SigningRioDriver, stackstac_reader
+from ._spec import MosaicSpec, RuntimeSpec
 from .errors import CubeError, DataError, MissingDependencyError
 
 __all__ = [
     "GDAL_SETTINGS",
     "MASK_BANDS_ATTR",
     "SCL_VAR",
+    "apply_boa_offsets",
     "band_types",
+    "clear_read_cache",
+    "gdal_settings",
     "load_cube",
     "observation_count",
     "observation_groups",
@@ -56,16 +63,56 @@ MASK_BANDS_ATTR = "mask_bands"
 #: Prefix of cube variables loaded only for a masker (bands not already in ``spec.bands``).
 _MASK_VAR_PREFIX = "mask_"
 
-#: GDAL options for fast, quiet COG reads over HTTP(S)/S3 and local files.
+#: GDAL options for fast, quiet COG reads over HTTP(S)/S3 and local files; the time-outs and
+#: retries come from the spec (:func:`gdal_settings`).
 GDAL_SETTINGS: dict[str, Any] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_HTTP_MULTIPLEX": "YES",
-    "GDAL_HTTP_MAX_RETRY": "5",
-    "GDAL_HTTP_RETRY_DELAY": "1",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.jp2",
     "VSI_CACHE": "TRUE",
 }
+
+
+def gdal_settings(runtime: RuntimeSpec) -> dict[str, Any]:
+    """The GDAL options of a run's reads: :data:`GDAL_SETTINGS` plus ``runtime.read_timeout_s``
+    (``GDAL_HTTP_TIMEOUT``: without it a stalled request hangs its task forever),
+    ``connect_timeout_s``, ``read_retries`` and ``read_backoff_s`` (GDAL's own retries of a
+    request)."""
+    return {
+        **GDAL_SETTINGS,
+        "GDAL_HTTP_TIMEOUT": f"{runtime.read_timeout_s:g}",
+        "GDAL_HTTP_CONNECTTIMEOUT": f"{runtime.connect_timeout_s:g}",
+        "GDAL_HTTP_MAX_RETRY": str(runtime.read_retries),
+        "GDAL_HTTP_RETRY_DELAY": f"{runtime.read_backoff_s:g}",
+    }
+
+
+def clear_read_cache() -> None:
+    """Forget what GDAL knows of remote files in this process (``VSICurlClearCache``).
+
+    GDAL remembers a file it failed to open - an HTTP 503 that outlasted its retries, a server
+    that was down - as missing for the life of the process, so a retried tile would fail again at
+    once without a request. The tile loop calls this before each tile retry (on every worker).
+    A no-op where GDAL's C API is out of reach.
+    """
+    clear = _vsicurl_clear_cache()
+    if clear is not None:
+        clear()
+
+
+@functools.cache
+def _vsicurl_clear_cache() -> Any:
+    import ctypes
+
+    import rasterio._env
+
+    try:  # rasterio's extension links libgdal: its handle resolves GDAL's symbols
+        fn = ctypes.CDLL(rasterio._env.__file__).VSICurlClearCache
+    except (OSError, AttributeError):  # pragma: no cover - e.g. Windows
+        return None
+    fn.argtypes, fn.restype = [], None
+    return fn
 
 
 def observation_groups(items: Sequence[pystac.Item], keys: dict[str, str],
@@ -131,7 +178,7 @@ def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) ->
         ds = _load_odc(items, keys, scl, types, item_keys, geobox, spec)
     if ds.sizes["time"] != len(offsets):  # pragma: no cover - guards the grouping contract
         raise CubeError(f"loader returned {ds.sizes['time']} time slices for {len(offsets)} groups")
-    ds = _harmonise(ds, list(keys), offsets)
+    ds = apply_boa_offsets(ds, list(keys), offsets)
     ds.attrs["boa_offsets"] = {name: [o[i] for o in offsets] for i, name in enumerate(keys)}
     ds.attrs[MASK_BANDS_ATTR] = mask_vars
     return ds
@@ -163,8 +210,10 @@ def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | Non
               types: dict[str, BandType], item_keys: list[Any], geobox: GeoBox,
               spec: MosaicSpec) -> xr.Dataset:
     import odc.stac
+    import rasterio
 
-    odc.stac.configure_rio(cloud_defaults=True, **GDAL_SETTINGS)
+    gdal = gdal_settings(spec.runtime)
+    odc.stac.configure_rio(cloud_defaults=True, **gdal)
     index = {item.id: k for item, k in zip(items, item_keys, strict=True)}
     chunk = spec.runtime.chunks
     # One config for every item whatever its collection (odc-stac reads a top-level "assets" as
@@ -172,7 +221,9 @@ def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | Non
     # without raster:bands.
     stac_cfg = {"assets": {key: {"data_type": t.dtype, "nodata": t.nodata}
                            for key, t in types.items()}}
-    with warnings.catch_warnings():
+    # odc-loader captures configure_rio's options *updated by this thread's rasterio env*, which
+    # an earlier read in this thread (synchronous scheduler) leaves holding its run's values.
+    with warnings.catch_warnings(), rasterio.Env(**gdal):
         # odc-loader warps the 20 m SCL through in-memory arrays; rasterio warns they lack a
         # geotransform although odc passes one explicitly.
         warnings.filterwarnings("ignore", message="Dataset has no geotransform")
@@ -185,6 +236,9 @@ def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | Non
             resampling={"*": spec.grid.resampling, **({scl: "nearest"} if scl else {})},
             fail_on_error=True,
             stac_cfg=stac_cfg,
+            # source.sign: each read task signs its own href (not patch_url, which odc-stac
+            # applies while building the graph: the tokens would be baked in and expire).
+            driver=None if spec.source.sign == "none" else SigningRioDriver(spec.source.sign),
         )
     rename = {key: name for name, key in keys.items()}
     if scl:
@@ -208,7 +262,9 @@ def _load_stackstac(items: Sequence[pystac.Item], keys: dict[str, str], scl: str
     chunk = spec.runtime.chunks
     res = geobox.resolution
     b = geobox.boundingbox
-    env = stackstac.DEFAULT_GDAL_ENV.updated(always=GDAL_SETTINGS)
+    env = stackstac.DEFAULT_GDAL_ENV.updated(always=gdal_settings(spec.runtime))
+    # source.sign: a reader that signs at each read (the graph holds the unsigned hrefs).
+    reader = {} if spec.source.sign == "none" else {"reader": stackstac_reader(spec.source.sign)}
     layers: dict[str, xr.DataArray] = {}
     assets = {**keys, **({SCL_VAR: scl} if scl else {})}
     plain = [_plain_item(item) for item in items]
@@ -222,7 +278,7 @@ def _load_stackstac(items: Sequence[pystac.Item], keys: dict[str, str], scl: str
             # a numpy scalar: stackstac checks np.can_cast(type(fill_value), dtype)
             dtype=dtype, fill_value=dtype.type(nodata),
             rescale=False, chunksize=(1, 1, chunk, chunk), gdal_env=env, properties=False,
-            band_coords=False,
+            band_coords=False, **reader,
         ).isel(band=0, drop=True)
         # Fuse each (solar day, offset) group with first-valid, as odc-stac's groupby does.
         group = xr.DataArray([f"{k[0]}|{k[1]}" for k in item_keys], dims="time")
@@ -253,8 +309,10 @@ def _plain_item(item: pystac.Item) -> dict[str, Any]:
     return d
 
 
-def _harmonise(ds: xr.Dataset, bands: list[str], offsets: list[tuple[int, ...]]) -> xr.Dataset:
-    """Add each time slice's BOA offset (≤ 0, in DN) to its valid pixels, in uint16.
+def apply_boa_offsets(ds: xr.Dataset, bands: list[str], offsets: list[tuple[int, ...]],
+                      ) -> xr.Dataset:
+    """Add each time slice's BOA offset (≤ 0, in DN) to its valid pixels, in uint16
+    (``offsets[t][i]`` for time slice ``t`` of ``bands[i]``; also ``ds.s2.harmonise``).
 
     Valid DNs below the offset would become ≤ 0: they are clamped to 1 so they stay valid
     (0 is nodata for these products). Nodata pixels are left as they are.

@@ -40,7 +40,7 @@ RUN_GROUP = "s2mosaic_run"
 FORMAT = 1
 #: Runtime fields that do not change the pixels written (so they may differ on resume).
 _SCHEDULING = ("scheduler", "cluster", "n_workers", "threads_per_worker", "max_tiles_in_flight",
-               "retries")
+               "retries", "read_timeout_s", "connect_timeout_s", "read_retries", "read_backoff_s")
 
 
 def block_digest(name: str, origin: Sequence[int], block: np.ndarray) -> str:

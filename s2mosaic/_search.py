@@ -18,6 +18,7 @@ import pystac
 import shapely.geometry
 
 from ._items import footprint, format_baseline, item_datetime, mgrs_tile, processing_baseline
+from ._sign import load_callable
 from ._spec import MosaicSpec, SourceSpec
 from .errors import EmptySearchError, SearchError
 
@@ -119,8 +120,12 @@ def _search_api(q: _Query) -> list[pystac.Item]:
     from pystac_client import Client
     from pystac_client.exceptions import APIError
 
+    # source.sign is deliberately not pystac-client's `modifier`: that would sign the items'
+    # hrefs now, and signed hrefs would reach the graph and the run manifest and expire there.
+    # Assets are signed per read (s2mosaic._sign); only the API requests can be modified here.
+    modifier = load_callable(q.source.request_modifier) if q.source.request_modifier else None
     try:
-        client = Client.open(q.source.stac)
+        client = Client.open(q.source.stac, request_modifier=modifier)
     except (APIError, OSError, ValueError) as e:
         raise SearchError(f"Cannot open the STAC API {q.source.stac!r} (source.stac): {e}") from e
     kwargs: dict[str, Any] = {

@@ -20,6 +20,7 @@ import yaml
 
 from ._aoi import AOI
 from ._crs import check_grid
+from ._sign import SIGNERS, check_callable, signer
 from ._validate import (
     Section,
     choice,
@@ -206,8 +207,25 @@ class SourceSpec(Section):
     nodata: Mapping[str, int] = field(default_factory=_Frozen)
     """Nodata value of assets, keyed like ``band_dtypes`` (e.g. ``{"*": 0}``); wins over what
     items declare. Unset: the item's, the collection's or the Sentinel-2 table's, else 0."""
+    sign: str = "none"
+    """How asset hrefs are signed: ``"none"``, ``"planetary-computer"`` (needs the ``pc`` extra)
+    or ``"module:function"``, an importable callable ``href -> signed href`` (a private bucket, a
+    token service). Each read task signs its href just before reading; the graph, the run
+    manifest, the provenance and the logs keep the unsigned hrefs, so no token outlives its
+    read or is written to disk."""
+    request_modifier: str | None = None
+    """``"module:function"`` given to pystac-client as ``request_modifier`` for STAC API
+    requests (a ``requests.Request`` in, modified in place or returned), e.g. to add an
+    ``Authorization`` header for a private API. Not needed for Planetary Computer, whose API is
+    public (only its assets are signed, by ``sign``)."""
 
     def __post_init__(self) -> None:
+        self._set("sign", check_callable("sign", self.sign, "href -> signed href", SIGNERS))
+        if self.sign == "planetary-computer":
+            signer(self.sign)  # MissingDependencyError with the pip line, before any work
+        if self.request_modifier is not None:
+            self._set("request_modifier", check_callable(
+                "request_modifier", self.request_modifier, "requests.Request -> Request | None"))
         self._set("band_dtypes", _asset_map("band_dtypes", self.band_dtypes, _dtype_value))
         self._set("nodata", _asset_map("nodata", self.nodata, _nodata_value))
         if isinstance(self.stac, Path):
@@ -603,10 +621,32 @@ class RuntimeSpec(Section):
     """Tiles computed at once (bounds memory and graph size). None: enough tiles to give every
     worker thread a chunk, plus one."""
     retries: int = 2
-    """Times a failed tile is retried before the run reports it failed (the others go on)."""
+    """Times a failed tile is retried before the run reports it failed (the others go on). A
+    retry waits ``read_backoff_s × 4 × 2^attempt`` seconds (× a random 0.5-1.5, at most 120 s)
+    first, so an outage has time to pass; other tiles go on meanwhile."""
+    read_timeout_s: float = 120.0
+    """Seconds one HTTP(S)/S3 request may take, connection included (``GDAL_HTTP_TIMEOUT``): a
+    request that stalls is abandoned after this and retried (``read_retries``), not waited on
+    forever. Raise it for large reads over a slow link."""
+    connect_timeout_s: float = 30.0
+    """Seconds to wait for a connection to the server (``GDAL_HTTP_CONNECTTIMEOUT``)."""
+    read_retries: int = 5
+    """Times GDAL retries a failed request (``GDAL_HTTP_MAX_RETRY``) before the read - and with
+    it the tile - fails. Measured with GDAL 3.10: a time-out, a reset mid-body, HTTP 503 and 429
+    are retried; a refused connection is not (the tile retry, after its backoff, covers that)."""
+    read_backoff_s: float = 1.0
+    """Seconds before GDAL's first retry of a request, doubled each retry
+    (``GDAL_HTTP_RETRY_DELAY``; GDAL adds a little jitter): with the defaults GDAL waits about
+    1 + 2 + 4 + 8 + 16 s, riding out half a minute of outage. Also scales the wait before a tile retry (``retries``)."""
 
     def __post_init__(self) -> None:
         self._set("chunks", number("chunks", self.chunks, low=16, integer=True))
+        for name in ("read_timeout_s", "connect_timeout_s"):
+            self._set(name, number(name, getattr(self, name), low=0, low_open=True))
+        self._set("read_retries", number("read_retries", self.read_retries, low=0, high=100,
+                                         integer=True))
+        self._set("read_backoff_s", number("read_backoff_s", self.read_backoff_s, low=0,
+                                           high=3600))
         self._set("loader", choice("loader", self.loader, LOADERS))
         if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler):
             raise fail("scheduler", self.scheduler,

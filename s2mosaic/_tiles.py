@@ -5,15 +5,20 @@ A run (:mod:`s2mosaic._run`) splits its output grid into tiles aligned with the 
 ``masks.context_pixels``) and the items that touch it; :func:`block_writes` turns a tile's lazy
 dataset into one write task per chunk; :class:`TileLoop` runs the tiles - at most ``limit`` in
 flight over a ``distributed`` client, one at a time without one - retrying a failed tile up to
-``retries`` times and handing each finished one to the runner to record. The loop knows nothing
-of what a tile computes (mosaic, series, gap-fill): the runner gives it a graph per tile.
+``retries`` times and handing each finished one to the runner to record. A retry waits first
+(exponential backoff with jitter, :meth:`TileLoop.backoff`) so an outage that outlasted GDAL's
+own retries has time to pass; the other tiles go on meanwhile. The loop knows nothing of what a
+tile computes (mosaic, series, gap-fill): the runner gives it a graph per tile.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import random
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +33,13 @@ from . import _write
 from ._cluster import keep_annotations
 from ._grid import Footprints, Tile
 
-__all__ = ["Pending", "TileGraph", "TileGrid", "TileLoop", "block_writes", "tile_arrays"]
+__all__ = ["MAX_RETRY_WAIT_S", "Pending", "TileGraph", "TileGrid", "TileLoop", "block_writes",
+           "tile_arrays"]
+
+#: Longest wait before a tile retry, whatever the attempt and backoff.
+MAX_RETRY_WAIT_S = 120.0
+#: How often the distributed loop looks at the clock while a retry waits and tiles run.
+_POLL_S = 0.1
 
 
 class TileGrid:
@@ -123,21 +134,46 @@ class Pending:
 
 @dataclass
 class TileLoop:
-    """Run tiles: at most ``limit`` in flight, ``retries`` retries each; failures are kept."""
+    """Run tiles: at most ``limit`` in flight, ``retries`` retries each; failures are kept.
+
+    A failed tile is retried after :meth:`backoff` seconds (scaled by ``backoff_s``, the spec's
+    ``runtime.read_backoff_s``), not at once: the failures GDAL does not absorb itself are
+    outages longer than its own retries, which an immediate retry would meet again. Before a
+    retry starts, ``reset`` runs wherever tiles compute (each worker, or this process): the
+    runner passes one that makes GDAL forget the files it failed to open.
+    """
 
     client: Any
     limit: int
     retries: int
     build: Callable[[Tile], TileGraph]
     record: Callable[[Pending, list[Any]], None]
+    backoff_s: float = 1.0
+    reset: Callable[[], None] | None = None
+    rng: random.Random = field(default_factory=random.Random)
     retried: int = 0
+    retry_wait_s: float = 0.0
+    """Seconds the retries were held back, summed (other tiles run meanwhile)."""
     failed: dict[str, str] = field(default_factory=dict)
     max_tasks: int = 0
     graph_s: float = 0.0
+    _later: list[tuple[float, int, Tile, int]] = field(default_factory=list, init=False,
+                                                       repr=False)
+    _order: Iterator[int] = field(default_factory=itertools.count, init=False, repr=False)
 
     def run(self, todo: Sequence[Tile], advance: Callable[[], None]) -> None:
         if todo:
+            # A resumed run in the same process must not inherit what an earlier run's failed
+            # reads left in GDAL's memory ("file does not exist") either.
+            self._forget()
             (self._local if self.client is None else self._distributed)(todo, advance)
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds before retrying a tile that failed on ``attempt`` (0: its first run):
+        ``backoff_s × 4 × 2^attempt`` - past what GDAL's own retries of a request waited for
+        the first retries - times a jitter in [0.5, 1.5], so tiles that failed together do not
+        all come back together; at most :data:`MAX_RETRY_WAIT_S`."""
+        return min(MAX_RETRY_WAIT_S, self.backoff_s * 4 * 2**attempt * self.rng.uniform(0.5, 1.5))
 
     def _start(self, tile: Tile, attempt: int) -> Pending:
         t0 = time.time()
@@ -146,26 +182,55 @@ class TileLoop:
         return Pending(tile, attempt, time.time(), graph)
 
     def _retry(self, p: Pending, error: BaseException) -> bool:
-        """Whether to run the tile again; else it is failed for good."""
+        """Whether the tile runs again (it is scheduled, after its backoff); else it is failed
+        for good."""
         if p.attempt < self.retries:
             self.retried += 1
+            wait = self.backoff(p.attempt)
+            self.retry_wait_s += wait
+            heapq.heappush(self._later, (time.monotonic() + wait, next(self._order), p.tile,
+                                         p.attempt + 1))
             return True
         self.failed[p.tile.key] = f"{type(error).__name__}: {error}"[:500]
         return False
 
+    def _due(self, queue: deque[tuple[Tile, int]], wait: bool) -> None:
+        """Move the retries whose time has come to the front of ``queue`` (first the earliest
+        one, waiting for it when ``wait``), after running ``reset`` where tiles compute."""
+        if not self._later:
+            return
+        if wait:
+            time.sleep(max(0.0, self._later[0][0] - time.monotonic()))
+        due = []
+        while self._later and self._later[0][0] <= time.monotonic():
+            due.append(heapq.heappop(self._later)[2:])
+        if not due:
+            return
+        self._forget()
+        queue.extendleft(reversed(due))
+
+    def _forget(self) -> None:
+        """Run ``reset`` wherever tiles compute (each worker, or this process)."""
+        if self.reset is None:
+            return
+        if self.client is None:
+            self.reset()
+        else:  # a worker that died meanwhile has nothing to forget
+            self.client.run(self.reset, on_error="ignore")
+
     def _local(self, todo: Sequence[Tile], advance: Callable[[], None]) -> None:
-        for tile in todo:
-            for attempt in range(self.retries + 1):
-                p = self._start(tile, attempt)
-                self.max_tasks = max(self.max_tasks, p.graph.tasks)
-                try:
-                    (result,) = dask.compute(p.graph.graph)
-                except Exception as e:  # a tile's failure must not stop the others
-                    if self._retry(p, e):
-                        continue
-                else:
-                    self.record(p, result)
-                break
+        queue: deque[tuple[Tile, int]] = deque((t, 0) for t in todo)
+        while queue or self._later:
+            self._due(queue, wait=not queue)  # new tiles go on while a retry waits
+            p = self._start(*queue.popleft())
+            self.max_tasks = max(self.max_tasks, p.graph.tasks)
+            try:
+                (result,) = dask.compute(p.graph.graph)
+            except Exception as e:  # a tile's failure must not stop the others
+                if self._retry(p, e):
+                    continue
+            else:
+                self.record(p, result)
             advance()
 
     def _distributed(self, todo: Sequence[Tile], advance: Callable[[], None]) -> None:
@@ -177,6 +242,7 @@ class TileLoop:
         done = as_completed(loop=client.loop)  # the given client, not a process default
 
         def submit() -> None:
+            self._due(queue, wait=not queue and not running)
             while queue and len(running) < self.limit:
                 p = self._start(*queue.popleft())
                 future = client.compute(p.graph.graph)
@@ -186,19 +252,23 @@ class TileLoop:
 
         submit()
         try:
-            for future in done:
-                p = running.pop(future)
-                try:
-                    result = future.result()
-                except Exception as e:  # a tile's failure must not stop the others
-                    if self._retry(p, e):
-                        queue.appendleft((p.tile, p.attempt + 1))
+            while running or queue or self._later:
+                # Block on the tiles in flight, unless a retry waits: then look at the clock
+                # now and then, so it starts on time without holding the others up.
+                batch = done.next_batch(block=not self._later) if running else []
+                if not batch and running:
+                    time.sleep(_POLL_S)
+                for future in batch:
+                    p = running.pop(future)
+                    try:
+                        result = future.result()
+                    except Exception as e:  # a tile's failure must not stop the others
+                        if not self._retry(p, e):
+                            advance()
                     else:
+                        self.record(p, result)
                         advance()
-                else:
-                    self.record(p, result)
-                    advance()
-                future.release()
+                    future.release()
                 submit()
         finally:
             for future in running:  # interrupted (Ctrl-C): leave nothing running for us

@@ -98,6 +98,7 @@ class ObjectStore:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._conns: set[socket.socket] = set()
+        self._closed = False
         self.port = 0
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -133,16 +134,19 @@ class ObjectStore:
 
         def restart() -> None:
             time.sleep(seconds)
-            self.start()
+            if not self._closed:  # never outlive the `with` block that made the store
+                self.start()
 
         t = threading.Thread(target=restart, daemon=True)
         t.start()
         return t
 
     def __enter__(self) -> ObjectStore:
+        self._closed = False
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        self._closed = True
         self.stop()
 
     # -- what tests use -------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from pathlib import Path
 
 import dask
@@ -201,17 +202,44 @@ def test_item_lookup_is_by_pystac_item(s2_data: Path) -> None:
     assert all(isinstance(i, pystac.Item) for i in items)
 
 
-def test_gdal_settings_travel_inside_the_graph(s2_data: Path) -> None:
-    """Workers get the GDAL options from the tasks themselves, not from the client's environ."""
+@pytest.mark.parametrize("loader", ["odc-stac", "stackstac"])
+def test_gdal_settings_travel_inside_the_graph(s2_data: Path, loader: str) -> None:
+    """Workers get the GDAL options - the spec's time-outs and retries included - from the
+    tasks themselves (captured into the graph, restored in each read task), not from the
+    client's environ."""
     import os
     import pickle
 
-    from s2mosaic._cube import GDAL_SETTINGS
+    from s2mosaic._cube import gdal_settings
 
-    spec = _spec(s2_data)
+    spec = _spec(s2_data, runtime={"chunks": 16, "scheduler": "synchronous", "loader": loader,
+                                   "read_timeout_s": 7.5, "connect_timeout_s": 3,
+                                   "read_retries": 2, "read_backoff_s": 0.25})
     items = s2mosaic.search(spec)
     cube = load_cube(items, spec, output_geobox(spec, items))
-    blob = pickle.dumps(dict(cube.red.data.__dask_graph__()))
-    for key in GDAL_SETTINGS:
-        assert key.encode() in blob, key
+    graph = pickle.loads(pickle.dumps(dict(cube.red.data.__dask_graph__())))  # as a worker has it
+    envs = [e for task in graph.values() for e in _dicts_with(task, "GDAL_HTTP_TIMEOUT")]
+    want = gdal_settings(spec.runtime)
+    assert want["GDAL_HTTP_TIMEOUT"] == "7.5" and want["GDAL_HTTP_MAX_RETRY"] == "2"
+    assert envs and all({k: e.get(k) for k in want} == want for e in envs)
+    for key in want:
         assert key not in os.environ
+
+
+def _dicts_with(obj: object, key: str, depth: int = 0) -> list[dict[str, object]]:
+    """The dicts holding ``key`` anywhere inside a task (tuples, Task objects, attributes)."""
+    if depth > 8:
+        return []
+    if isinstance(obj, dict):
+        if key in obj:
+            return [obj]
+        inner: Iterable[object] = list(obj.values())
+    elif isinstance(obj, list | tuple | set | frozenset):
+        inner = obj
+    elif hasattr(obj, "__dict__"):
+        inner = list(vars(obj).values())
+    elif hasattr(obj, "__slots__"):
+        inner = [getattr(obj, s, None) for s in obj.__slots__]
+    else:
+        return []
+    return [d for v in inner for d in _dicts_with(v, key, depth + 1)]

@@ -227,7 +227,7 @@ def test_failed_tiles_leave_the_rest_written_and_resume_finishes(
     victim = next((catalog / "sentinel-2-l2a").glob("S2B_33TTN_20240522*/B04.tif"))
     saved = victim.read_bytes()
     victim.write_bytes(b"not a tiff")
-    spec = _spec(catalog / "catalog.json", tmp_path / "run", runtime={"retries": 1})
+    spec = _spec(catalog / "catalog.json", tmp_path / "run", runtime={"retries": 1, "read_backoff_s": 0.05})
     with pytest.raises(RunError, match=r"tile\(s\) failed after 1 retries.*--resume") as e:
         s2mosaic.run(spec)
     report = e.value.report
