@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._raster import (
     COUNT,
     NODATA,
+    REFLECTANCE_SCALE,
     exists_error,
     io_errors,
+    is_reflectance,
     mosaic_geobox,
     raster_vars,
     write_cog,
 )
+from ._stacout import product_item, tiles_collection, write_json
 from ._write import open_zarr
 from .errors import WriteError
 
@@ -43,7 +47,9 @@ def export_tiles(store: str | Path, directory: str | Path, tile_size: int, *,
 
     For areas too large for one file: ``<directory>/<row>_<col>.tif`` (same bands, nodata,
     compression and overviews as :func:`write_cog`) and ``<directory>/mosaic.vrt``, which GDAL,
-    QGIS and rasterio open as the whole mosaic. Returns the VRT path.
+    QGIS and rasterio open as the whole mosaic; a STAC item per tile
+    (``<directory>/<row>_<col>.stac.json``) and ``<directory>/collection.json`` over them.
+    Returns the VRT path.
     """
     from ._grid import tiles
 
@@ -61,6 +67,7 @@ def export_tiles(store: str | Path, directory: str | Path, tile_size: int, *,
         write_cog(ds[names].isel({dy: t.y, dx: t.x}), path, overwrite=True, client=client,
                   progress=progress)
         sources.append((path.name, t))
+    _tile_stac(Path(store), directory, ds, names, sources)
     vrt = directory / "mosaic.vrt"
     crs = gbox.crs
     assert crs is not None
@@ -74,6 +81,10 @@ def export_tiles(store: str | Path, directory: str | Path, tile_size: int, *,
                   f"    <Description>{_xml(name)}</Description>"]
         if name != COUNT:
             lines.append(f"    <NoDataValue>{NODATA}</NoDataValue>")
+        if is_reflectance(name, ds[name].dtype):
+            lines += ["    <Offset>0</Offset>", f"    <Scale>{REFLECTANCE_SCALE}</Scale>"]
+        if names[:3] == ["red", "green", "blue"] and b <= 3:
+            lines.append(f"    <ColorInterp>{names[b - 1].capitalize()}</ColorInterp>")
         for file, t in sources:
             h, w = t.geobox.shape.yx
             lines += ["    <SimpleSource>",
@@ -88,6 +99,29 @@ def export_tiles(store: str | Path, directory: str | Path, tile_size: int, *,
     with io_errors(vrt):
         vrt.write_text("\n".join(lines) + "\n")
     return vrt
+
+
+def _tile_stac(store: Path, directory: Path, ds: Any, names: list[str],
+               sources: list[tuple[str, Any]]) -> None:
+    """One STAC item per tile COG and a collection over them (the period from the run
+    manifest in the store)."""
+    from ._manifest import Manifest
+
+    period = {"start": "1970-01-01", "end": "1970-01-01"}  # a store written without a manifest
+    with contextlib.suppress(WriteError, OSError, KeyError, TypeError):
+        recorded = Manifest(store).header()["spec"]["period"]
+        period = {"start": str(recorded["start"]), "end": str(recorded["end"])}
+    items = []
+    for file, t in sources:
+        item = product_item(t.key, t.geobox, {n: ds[n].dtype for n in names}, directory,
+                            {"cog": directory / file}, start=period["start"], end=period["end"])
+        item["collection"] = directory.name or "tiles"
+        item["links"] = [{"rel": "collection", "href": "./collection.json",
+                          "type": "application/json"}]
+        write_json(directory / f"{t.key}.stac.json", item)
+        items.append(item)
+    write_json(directory / "collection.json",
+               tiles_collection(directory.name or "tiles", items, period["start"], period["end"]))
 
 
 def _xml(text: str) -> str:

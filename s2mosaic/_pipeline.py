@@ -19,7 +19,7 @@ from ._items import boa_offset, item_datetime, mask_band_keys, resolve_band, scl
 from ._search import SearchResult, search
 from ._select import apply_selection
 from ._spec import MosaicSpec
-from ._write import PROVENANCE_ATTR
+from ._write import PROVENANCE_ATTR, netcdf_attrs
 from .composite import PERCENTILE_DEFINITION, composite
 from .masks import MaskContext, valid_mask
 
@@ -67,6 +67,7 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
     result = composite(cube[list(spec.bands)], valid, method=c.method, q=c.q,
                        min_observations=c.min_observations)
     result.attrs[PROVENANCE_ATTR] = provenance(spec, items, gbox, cube.sizes["time"], started)
+    result.attrs = netcdf_attrs(result.attrs)  # dicts as JSON strings: to_netcdf works
     return result
 
 

@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ import dask
 import dask.array as da
 import numpy as np
 import rasterio
+import rasterio.enums
 import rasterio.shutil
 import xarray as xr
 from dask.diagnostics import ProgressBar
@@ -34,12 +36,15 @@ from .errors import WriteError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["COUNT", "MAX_PNG_PIXELS", "NODATA", "check_rgb", "compute", "exists_error",
-           "io_errors", "mosaic_geobox", "open_cog", "prepare_target", "raster_vars",
-           "scratch_path", "stretch_rgb", "write_cog", "write_rgb"]
+__all__ = ["COUNT", "MAX_PNG_PIXELS", "NODATA", "REFLECTANCE_SCALE", "check_rgb", "compute",
+           "exists_error", "io_errors", "is_reflectance", "mosaic_geobox", "open_cog",
+           "prepare_target", "raster_vars", "scratch_path", "stretch_rgb", "write_cog",
+           "write_rgb"]
 
 NODATA = 0
 COUNT = "count"
+#: Band values are reflectance × 10000 (uint16): reflectance = value × scale + 0.
+REFLECTANCE_SCALE = 0.0001
 #: Largest PNG display product (pixels); beyond this write a ``.tif`` display COG instead.
 MAX_PNG_PIXELS = 16384 * 16384
 _BLOCK = 512
@@ -55,15 +60,26 @@ def write_cog(mosaic: xr.Dataset, path: str | Path, *, overwrite: bool = False,
     uint16, nodata 0, DEFLATE + horizontal predictor, 512² blocks (256² below 2048 px),
     internal overviews (nearest, so overview pixels are real observations), band descriptions =
     variable names, tags ``AREA_OR_POINT=Area`` and ``s2mosaic_<attr>`` for scalar attributes.
+    Reflectance bands carry scale 0.0001 and offset 0 (``count`` and float variables none);
+    colour interpretation is red/green/blue only when the first three bands are exactly
+    ``red, green, blue`` (else undefined: a NIR false-colour order must not pass for RGB).
     """
     names = raster_vars(mosaic)
     # Only plain scalar attrs with identifier keys: GDAL splits metadata keys at ':' and '=', and
     # the proj:/spatial: attrs of a reopened Zarr are already in the GeoTIFF keys.
     tags = {f"s2mosaic_{k}": str(v) for k, v in mosaic.attrs.items()
             if str(k).isidentifier() and isinstance(v, str | int | float | bool | np.generic)}
-    _write_cog_array(_stack(mosaic, names), mosaic_geobox(mosaic), Path(path), names, tags=tags,
-                     rgb=False, overwrite=overwrite, client=client, progress=progress)
+    data = _stack(mosaic, names)
+    _write_cog_array(data, mosaic_geobox(mosaic), Path(path), names, tags=tags,
+                     rgb=False, colour=list(names[:3]) == ["red", "green", "blue"],
+                     scaled=[is_reflectance(n, mosaic[n].dtype) for n in names],
+                     overwrite=overwrite, client=client, progress=progress)
     return Path(path)
+
+
+def is_reflectance(name: str, dtype: Any) -> bool:
+    """Whether variable ``name`` holds reflectance × 10000 (uint16 bands, not ``count``)."""
+    return name != COUNT and np.dtype(dtype) == np.uint16
 
 
 def write_rgb(mosaic: xr.Dataset, path: str | Path, bands: Sequence[str] = ("red", "green", "blue"),
@@ -87,7 +103,8 @@ def write_rgb(mosaic: xr.Dataset, path: str | Path, bands: Sequence[str] = ("red
     rgb, valid = stretch_rgb(_stack(mosaic, list(bands)), count, (low, high))
     if path.suffix.lower() != ".png":
         _write_cog_array(rgb, mosaic_geobox(mosaic), path, list(bands), tags={}, rgb=True,
-                         overwrite=overwrite, client=client, progress=progress)
+                         colour=True, scaled=[False] * 3, overwrite=overwrite, client=client,
+                         progress=progress)
         return path
     from PIL import Image
 
@@ -118,7 +135,10 @@ def stretch_rgb(stack: Any, count: Any, value_range: Sequence[float]) -> tuple[A
 def open_cog(path: Path) -> xr.Dataset:
     import rioxarray
 
-    arr = rioxarray.open_rasterio(path, chunks={"band": -1, "y": 4 * _BLOCK, "x": 4 * _BLOCK})
+    with warnings.catch_warnings():  # count has no scale: values are read unscaled anyway
+        warnings.filterwarnings("ignore", "Scales differ across bands", UserWarning)
+        arr = rioxarray.open_rasterio(path, chunks={"band": -1, "y": 4 * _BLOCK,
+                                                    "x": 4 * _BLOCK})
     assert isinstance(arr, xr.DataArray)  # band descriptions come back as long_name
     return arr.assign_coords(band=list(arr.attrs["long_name"])).to_dataset(dim="band")
 
@@ -148,8 +168,8 @@ class _WindowWriter:
 
 
 def _write_cog_array(data: da.Array, gbox: GeoBox, path: Path, names: Sequence[str], *,
-                     tags: Mapping[str, str], rgb: bool, overwrite: bool, client: Client | None,
-                     progress: bool) -> None:
+                     tags: Mapping[str, str], rgb: bool, colour: bool, scaled: Sequence[bool],
+                     overwrite: bool, client: Client | None, progress: bool) -> None:
     """Stream ``(band, y, x)`` Dask blocks into a tiled GeoTIFF, then copy it to a COG.
 
     Why not ``odc.geo.cog.save_cog_with_dask``: it pads the raster to a multiple of 2**levels
@@ -186,6 +206,13 @@ def _write_cog_array(data: da.Array, gbox: GeoBox, path: Path, names: Sequence[s
     try:
         with io_errors(path), rasterio.open(tmp, "w", **profile) as dst:
             dst.descriptions = tuple(names)
+            # GDAL band metadata (GDAL_METADATA tag; the COG driver copies it): rio info,
+            # gdalinfo, QGIS and rioxarray (mask_and_scale) read scale/offset from it.
+            dst.scales = tuple(REFLECTANCE_SCALE if s else 1.0 for s in scaled)
+            dst.offsets = (0.0,) * len(names)
+            if colour:  # the display product, or bands that start red, green, blue
+                ci = rasterio.enums.ColorInterp
+                dst.colorinterp = [ci.red, ci.green, ci.blue, *[ci.undefined] * (len(names) - 3)]
             dst.update_tags(AREA_OR_POINT="Area", **tags)
         target: Any = _WindowWriter(str(tmp))  # any object with __setitem__ will do
         task = da.store(data, target, lock=_lock(client), compute=False)

@@ -49,7 +49,7 @@ from odc.geo.xr import xr_zeros
 
 from . import _raster, _write
 from ._cluster import client_source, make_client, quiet_rasterio, quiet_workers
-from ._cube import observation_count
+from ._cube import clear_read_cache, observation_count
 from ._grid import Tile, output_geobox, tiles
 from ._manifest import Manifest, TileRecord, fingerprint, pixel_spec, spec_differences, tile_digest
 from ._notify import Notifier
@@ -57,6 +57,7 @@ from ._pipeline import mosaic, provenance
 from ._search import SearchResult, search
 from ._select import apply_selection
 from ._spec import MosaicSpec, OutputSpec
+from ._stacout import product_items
 from ._tiles import Pending, TileGraph, TileGrid, TileLoop, block_writes, tile_arrays
 from .errors import RunError, WriteError
 from .masks import context_pixels
@@ -93,6 +94,9 @@ class RunReport:
     ``empty`` (no item or no AOI pixel: written as nodata), ``failed``, ``retried``."""
     failed_tiles: dict[str, str] = field(default_factory=dict)
     """Tile key → the last error, for tiles that failed after their retries."""
+    retry_wait_s: float = 0.0
+    """Seconds tile retries waited before they started (each retry's backoff, summed; other
+    tiles ran meanwhile). Waits of GDAL's own request retries are not counted."""
     tile_size: int = 0
     max_tiles_in_flight: int = 0
     max_tasks_in_flight: int = 0
@@ -479,6 +483,7 @@ class _Run:
         self.counts = dict.fromkeys(("total", "computed", "resumed", "empty", "failed",
                                      "retried"), 0)
         self.failed: dict[str, str] = {}
+        self.retry_wait_s = 0.0
         self.max_tasks = 0
         self.limit = 1
         self.bytes_read: int | None = None
@@ -551,7 +556,8 @@ class _Run:
 
     def _run_tiles(self, todo: list[Tile]) -> None:
         loop = TileLoop(self.client, self.limit, self.spec.runtime.retries, self._tile_graph,
-                        self._record)
+                        self._record, backoff_s=self.spec.runtime.read_backoff_s,
+                        reset=clear_read_cache)
         read0 = _bytes_read(self.client)
         t1 = time.time()
         with _progress(self.progress and bool(todo), len(self.grid.tiles),
@@ -562,6 +568,7 @@ class _Run:
         read1 = _bytes_read(self.client)
         self.bytes_read = None if read0 is None or read1 is None else max(0, read1 - read0)
         self.failed, self.max_tasks = loop.failed, loop.max_tasks
+        self.retry_wait_s = round(loop.retry_wait_s, 3)
         self.counts.update(retried=loop.retried, failed=len(loop.failed))
         self.notify("tiles", {"counts": dict(self.counts), "failed": dict(self.failed)})
 
@@ -605,6 +612,9 @@ class _Run:
         record["processing_time_s"] = round(time.time() - self.t0, 3)
         record["finished"] = dt.datetime.now(dt.UTC).isoformat()
         _write.write_metadata(meta, record)
+        # STAC item(s) beside the sidecar: <name>.stac.json (one per period for a series).
+        product_items(record, self.gbox, {n: source[n].dtype for n in self.product.names},
+                      written, meta)
         if self.out.scratch:
             self.bytes_written = _du(self.store)
             shutil.rmtree(self.store, ignore_errors=True)
@@ -622,6 +632,7 @@ class _Run:
             wall_time_s=round(time.time() - self.t0, 3),
             dashboard=getattr(self.client, "dashboard_link", None), stages_s=self.stages,
             status=status, tiles=dict(self.counts), failed_tiles=dict(self.failed),
+            retry_wait_s=self.retry_wait_s,
             tile_size=spec.runtime.tile_pixels, max_tiles_in_flight=self.limit,
             max_tasks_in_flight=self.max_tasks, bytes_read=self.bytes_read,
             bytes_written=self.bytes_written, kind=self.product.kind)

@@ -40,7 +40,7 @@ from ._search import SearchResult, search
 from ._select import apply_selection, select
 from ._spec import MosaicSpec, Period
 from ._validate import number
-from ._write import PROVENANCE_ATTR
+from ._write import PROVENANCE_ATTR, netcdf_attrs
 from .composite import composite
 from .errors import DataError, UnknownNameError
 
@@ -156,6 +156,7 @@ def series(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
          "dates": [d.isoformat() for d in ds]}
         for p, ds in zip(periods, dates, strict=True)]
     out.attrs[PROVENANCE_ATTR] = prov
+    out.attrs = netcdf_attrs(out.attrs)  # dicts as JSON strings: to_netcdf works
     return out
 
 

@@ -48,13 +48,18 @@ from .errors import WriteError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["PROVENANCE_ATTR", "WriteResult", "grid_info", "init_zarr", "metadata_record",
-           "open_zarr", "read_digests", "write", "write_block", "write_metadata",
-           "write_products", "write_series_zarr", "write_zarr"]
+__all__ = ["GDAL_CRS_ATTR", "PROVENANCE_ATTR", "WriteResult", "grid_info", "init_zarr",
+           "metadata_record", "netcdf_attrs", "open_zarr", "provenance_of", "read_digests",
+           "write", "write_block", "write_metadata", "write_products", "write_series_zarr",
+           "write_zarr"]
 
 #: Dataset attribute under which :func:`s2mosaic.mosaic` hands its provenance record to
-#: :func:`write` (which pops it: it goes to the metadata sidecar, not into the product).
+#: :func:`write` (which pops it: it goes to the metadata sidecar, not into the product). A JSON
+#: string, so the dataset still writes to netCDF; :func:`provenance_of` decodes it.
 PROVENANCE_ATTR = "s2mosaic_provenance"
+#: The array attribute GDAL's Zarr driver (3.6+, so QGIS) reads the CRS from: an object with
+#: ``wkt``/``url``. GDAL before 3.9 ignores CF ``grid_mapping``.
+GDAL_CRS_ATTR = "_CRS"
 # Blosc+zstd: fast, multithreaded and readable by every Zarr v2 implementation (Python, JS, Java).
 _ZARR_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
 
@@ -109,8 +114,9 @@ def write(mosaic: xr.Dataset, output: OutputSpec, *, provenance: Mapping[str, An
     """
     started = time.time()
     ds = mosaic.copy()
-    carried = ds.attrs.pop(PROVENANCE_ATTR, None)
-    record = dict((carried or {}) if provenance is None else provenance)
+    carried = provenance_of(ds)
+    ds.attrs.pop(PROVENANCE_ATTR, None)
+    record = dict(carried if provenance is None else provenance)
     if client is not None:
         quiet_workers(client)
     # keep_annotations: GPU tasks (cluster.gpu_annotate) keep their resources through compute.
@@ -305,6 +311,9 @@ def _zarr_dataset(mosaic: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, A
     ref = (ds.coords["spatial_ref"].variable.copy() if "spatial_ref" in ds.coords
            else xr.Variable((), np.int32(crs.epsg or 0)))
     wkt = crs.to_wkt()
+    gdal_crs = {"wkt": crs.to_wkt(version=WktVersion.WKT2_2019),
+                **({"url": f"http://www.opengis.net/def/crs/EPSG/0/{crs.epsg}"}
+                   if crs.epsg else {})}
     # rioxarray reads crs_wkt/spatial_ref + GeoTransform (GDAL order); CF readers read crs_wkt.
     ref.attrs.update(crs_wkt=wkt, spatial_ref=wkt,
                      GeoTransform=" ".join(repr(float(v)) for v in gbox.affine.to_gdal()))
@@ -315,6 +324,7 @@ def _zarr_dataset(mosaic: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, A
         var.encoding = {}  # odc-geo keeps grid_mapping in .encoding, which to_zarr drops
         var.attrs = {k: v for k, v in var.attrs.items() if k != "_FillValue"}
         var.attrs["grid_mapping"] = "spatial_ref"
+        var.attrs[GDAL_CRS_ATTR] = gdal_crs
         chunks = tuple(c[0] for c in ds[n].chunks or ())
         # count == 0 is a real value (no valid observation): no fill value, so it reopens as
         # uint16, not float with NaN; then every chunk must be stored, since a missing chunk
@@ -322,12 +332,12 @@ def _zarr_dataset(mosaic: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, A
         fill = None if n == COUNT else NODATA
         encoding[n] = {"chunks": chunks, "compressors": (_ZARR_COMPRESSOR,), "_FillValue": fill,
                        "write_empty_chunks": fill is None}
-    attrs = json.loads(json.dumps(dict(mosaic.attrs), default=str))  # Zarr attrs must be JSON
+    attrs = netcdf_attrs(mosaic.attrs)  # JSON for Zarr, and valid netCDF when read back
     grid = grid_info(gbox)
     # Consolidated metadata lists variables alphabetically: keep the band order for readers.
     ds.attrs = {**attrs, "band_order": names,
-                "proj:code": f"EPSG:{crs.epsg}" if crs.epsg else None,
-                "proj:wkt2": crs.to_wkt(version=WktVersion.WKT2_2019),
+                **({"proj:code": f"EPSG:{crs.epsg}"} if crs.epsg else {}),
+                "proj:wkt2": gdal_crs["wkt"],
                 "spatial:dimensions": list(mosaic.odc.spatial_dims),
                 "spatial:transform": grid["transform"], "spatial:shape": grid["shape"],
                 "spatial:bbox": grid["bounds"], "spatial:registration": "pixel"}
@@ -335,11 +345,47 @@ def _zarr_dataset(mosaic: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, A
 
 
 def open_zarr(path: Path) -> xr.Dataset:
-    """A mosaic Zarr store, lazily, as written: uint16 with 0 as nodata, bands in their order."""
+    """A mosaic Zarr store, lazily, as written: uint16 with 0 as nodata, bands in their order.
+
+    Attributes come back netCDF-safe (:func:`netcdf_attrs`; GDAL's ``_CRS`` object dropped, the
+    ``spatial_ref`` coordinate has the CRS), so ``open_zarr(p).to_netcdf(...)`` works.
+    """
     # mask_and_scale=False keeps uint16 with 0 as nodata (no float/NaN copy of the data).
     ds = xr.open_zarr(path, mask_and_scale=False)
     order = [n for n in ds.attrs.get("band_order") or [] if n in ds.data_vars]
-    return ds[order] if order else ds
+    ds = ds[order] if order else ds
+    # band_order is the store's layout (applied above), not the mosaic's: not passed on.
+    ds.attrs = netcdf_attrs({k: v for k, v in ds.attrs.items() if k != "band_order"})
+    for var in ds.variables.values():
+        var.attrs = netcdf_attrs({k: v for k, v in var.attrs.items() if k != GDAL_CRS_ATTR})
+    return ds
+
+
+def netcdf_attrs(attrs: Mapping[Any, Any]) -> dict[str, Any]:
+    """``attrs`` as every netCDF writer accepts them (netCDF3 too): strings and numbers kept,
+    lists of numbers kept, booleans as 0/1, None dropped, anything else (dicts, lists of strings
+    or dicts) as a JSON string."""
+    out: dict[str, Any] = {}
+    for k, v in attrs.items():
+        if v is None:
+            continue
+        if isinstance(v, bool | np.bool_):
+            v = int(v)
+        elif isinstance(v, list | tuple) and v and all(
+                isinstance(e, int | float | np.number) and not isinstance(e, bool) for e in v):
+            v = list(v)
+        elif not isinstance(v, str | int | float | np.number):
+            v = json.dumps(v, default=str)
+        out[str(k)] = v
+    return out
+
+
+def provenance_of(ds: xr.Dataset) -> dict[str, Any]:
+    """The provenance record a dataset from :func:`s2mosaic.mosaic` carries (empty if none)."""
+    value = ds.attrs.get(PROVENANCE_ATTR)
+    if isinstance(value, str):
+        return dict(json.loads(value))
+    return dict(value or {})
 
 
 def grid_info(gbox: GeoBox) -> dict[str, Any]:

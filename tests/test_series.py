@@ -18,6 +18,7 @@ from s2mosaic._pipeline import mosaic
 from s2mosaic._spec import MosaicSpec, Period, SeriesSpec
 from s2mosaic._timeseries import series
 from s2mosaic._timeseries_run import run_gapfill, run_series
+from s2mosaic._write import provenance_of
 from s2mosaic.cli import app
 from s2mosaic.demo import demo_spec
 from s2mosaic.errors import SpecError, WriteError
@@ -106,7 +107,7 @@ def test_each_period_equals_its_single_period_mosaic(series_spec: MosaicSpec) ->
     periods = series_spec.series.expand(series_spec.period)
     assert [str(t)[:10] for t in s.time.values] == [p.start.isoformat() for p in periods]
     assert [str(t)[:10] for t in s.period_end.values] == [p.end.isoformat() for p in periods]
-    prov = s.attrs["s2mosaic_provenance"]
+    prov = provenance_of(s)
     assert [len(p["dates"]) for p in prov["series"]] == [4, 4, 4, 0]
     with dask.config.set(scheduler="synchronous"):
         got = s.compute()

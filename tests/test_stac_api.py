@@ -349,5 +349,5 @@ def test_mosaic_from_api_items_equals_static(
     assert count is None or count.max() > 0, "the mosaic is all nodata: the test proves nothing"
     assert int((m_api[spec_api.bands[0]].values > 0).sum()) > 0
     # the provenance names the API as the source
-    prov = m_api.attrs.get("s2mosaic_provenance", {})
+    prov = json.loads(m_api.attrs.get("s2mosaic_provenance", "{}"))
     assert not prov or prov["search_query"].get("stac") == API_URL
