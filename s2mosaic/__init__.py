@@ -6,12 +6,22 @@
 >>> m = s2mosaic.mosaic(spec, items=items)                  # doctest: +SKIP
 >>> s2mosaic.write(m, spec.output)                          # doctest: +SKIP
 
+or, from a notebook, items first (as ``odc.stac.load``), and ``ds.s2`` on cubes loaded elsewhere:
+
+>>> m = s2mosaic.mosaic(items, bands=["red", "nir"], resolution=10, bbox=bbox)  # doctest: +SKIP
+>>> m = ds.s2.harmonise(items).s2.composite(q=25)            # doctest: +SKIP
+
 The modules behind these names are private (``s2mosaic._cube``, ...); the public API is what
 ``__all__`` lists, plus the subpackages ``composite``, ``masks``, ``demo`` and ``errors``.
 """
 
+import sys
 from importlib import import_module
+from importlib.abc import MetaPathFinder
+from importlib.machinery import ModuleSpec
 from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -23,6 +33,7 @@ from .errors import (
     DataError,
     EmptySearchError,
     GPUFallbackWarning,
+    HarmonisationWarning,
     MissingDependencyError,
     ModelWeightsError,
     RunError,
@@ -34,6 +45,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from ._api import load, mosaic
     from ._batch import BatchReport, run_many
     from ._chips import Chip, ChipsReport, chip_at, chips_over, make_chips
     from ._cluster import gpu_annotate, gpu_resources, job_script, load_profile, make_client
@@ -41,7 +53,6 @@ if TYPE_CHECKING:
     from ._export import export_tiles
     from ._gapfill import GapFill, gapfill
     from ._grid import output_geobox
-    from ._pipeline import mosaic
     from ._plan import Plan, plan
     from ._run import RunReport, run
     from ._search import SearchResult, search
@@ -68,7 +79,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "_chips": ("Chip", "ChipsReport", "chip_at", "chips_over", "make_chips"),
     "_cluster": ("gpu_annotate", "gpu_resources", "job_script", "load_profile", "make_client"),
     "_grid": ("output_geobox",),
-    "_pipeline": ("mosaic",),
+    "_api": ("load", "mosaic"),
     "_plan": ("Plan", "plan"),
     "_run": ("RunReport", "run"),
     "_search": ("SearchResult", "search"),
@@ -87,6 +98,35 @@ _LAZY: dict[str, tuple[str, ...]] = {
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 #: Subpackages reachable as attributes of ``s2mosaic`` after ``import s2mosaic``.
 _SUBPACKAGES = ("composite", "demo", "masks")
+
+
+class _RegisterAccessor(MetaPathFinder):
+    """Registers ``ds.s2`` (:mod:`s2mosaic._accessor`) right after xarray is imported, so that
+    ``import s2mosaic`` stays cheap (no xarray for ``s2mosaic --help``) and ``ds.s2`` works
+    whether xarray was imported before s2mosaic or after. Removes itself on first use."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
+        if name != "xarray":
+            return None
+        sys.meta_path.remove(self)
+        spec = find_spec(name)  # the finders after this one
+        loader = spec.loader if spec is not None else None
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module = loader.exec_module
+
+        def exec_then_register(module: ModuleType) -> None:
+            exec_module(module)
+            import_module("._accessor", __name__)
+
+        loader.exec_module = exec_then_register  # type: ignore[method-assign]
+        return spec
+
+
+if "xarray" in sys.modules:
+    import_module("._accessor", __name__)
+elif not any(type(f).__name__ == "_RegisterAccessor" for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterAccessor())
 
 
 def __getattr__(name: str) -> Any:
@@ -132,6 +172,7 @@ __all__ = [
     "EmptySearchError",
     "GPUFallbackWarning",
     "GapFill",
+    "HarmonisationWarning",
     "MissingDependencyError",
     "ModelWeightsError",
     "MosaicSpec",
@@ -157,6 +198,7 @@ __all__ = [
     "gpu_resources",
     "interpolate",
     "job_script",
+    "load",
     "load_profile",
     "make_chips",
     "make_client",

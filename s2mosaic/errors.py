@@ -17,6 +17,7 @@ __all__ = [
     "DataError",
     "EmptySearchError",
     "GPUFallbackWarning",
+    "HarmonisationWarning",
     "MissingDependencyError",
     "ModelWeightsError",
     "RunError",
@@ -126,3 +127,8 @@ class ModelWeightsError(S2MosaicError, FileNotFoundError):
 
 class GPUFallbackWarning(UserWarning):
     """GPU tasks run on CPU because no worker of the cluster has a ``GPU`` resource."""
+
+
+class HarmonisationWarning(UserWarning):
+    """A cube is composited whose acquisitions may carry the BOA offset of processing baseline
+    ≥ 04.00 (−1000 DN, from 2022-01-25 on), and ``ds.s2.harmonise(items)`` was not applied."""
