@@ -195,6 +195,11 @@ def write_zarr(mosaic: xr.Dataset, path: str | Path, *, overwrite: bool = False,
     """
     path = Path(path)
     ds, encoding = _zarr_dataset(mosaic)
+    return _stream_zarr(ds, encoding, path, overwrite, client, progress)
+
+
+def _stream_zarr(ds: xr.Dataset, encoding: dict[str, Any], path: Path, overwrite: bool,
+                 client: Client | None, progress: bool) -> Path:
     prepare_target(path, overwrite, "zarr")
     # zarr_format=2: GDAL, zarr-js, older zarr-python and most cloud viewers read v2, not yet v3.
     task = ds.to_zarr(path, mode="w-", consolidated=True, zarr_format=2, encoding=encoding,
@@ -411,12 +416,7 @@ def write_series_zarr(series: xr.Dataset, path: str | Path, *, overwrite: bool =
     """
     path = Path(path)
     out, encoding = _series_dataset(series, path)
-    prepare_target(path, overwrite, "zarr")
-    task = out.to_zarr(path, mode="w-", consolidated=True, zarr_format=2, encoding=encoding,
-                       compute=False)
-    with io_errors(path):
-        compute(task, client, progress)
-    return path
+    return _stream_zarr(out, encoding, path, overwrite, client, progress)
 
 
 def _series_dataset(series: xr.Dataset, path: Path) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
