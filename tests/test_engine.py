@@ -185,3 +185,27 @@ def test_series_killed_mid_run_resumes_byte_identical(demo_catalog: Path, tmp_pa
     for day in ("2024-05-01", "2024-05-21"):
         assert (tmp_path / "k" / f"s_{day}.tif").read_bytes() == \
             (tmp_path / "c" / f"s_{day}.tif").read_bytes(), day
+
+
+def test_gapfill_killed_mid_run_resumes_byte_identical(demo_catalog: Path, tmp_path: Path) -> None:
+    """The same for `s2mosaic gapfill --normalise`: the resumed process takes the illuminance
+    from the manifest header and ends with the bytes of an uninterrupted run."""
+    def spec(out: Path) -> MosaicSpec:
+        return _spec(demo_catalog, out, series={}, period=["2024-05-01", "2024-05-31"],
+                     runtime={"chunks": 32, "tile_size": 32, "scheduler": "synchronous",
+                              "max_tiles_in_flight": 1},
+                     output={"zarr": out / "g.zarr"})
+
+    args = ["--duration", "16", "--step", "3", "--normalise"]
+    spec_file = tmp_path / "k.yaml"
+    spec(tmp_path / "k").to_yaml(spec_file)
+    store = tmp_path / "k" / "g.zarr"
+    assert kill_after_tiles(["gapfill", str(spec_file), *args], store, 2) == 2
+    resumed = subprocess.run([sys.executable, "-m", "s2mosaic.cli", "gapfill", str(spec_file),
+                              *args, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads((tmp_path / "k" / "g.report.json").read_text())
+    assert report["kind"] == "gapfill" and report["tiles"]["resumed"] == 2
+    assert report["tiles"]["resumed"] + report["tiles"]["computed"] == report["tiles"]["total"] > 2
+    run_gapfill(spec(tmp_path / "c"), GapFill(duration=16, step=3, normalise=True))
+    _assert_same_store(store, tmp_path / "c" / "g.zarr")
