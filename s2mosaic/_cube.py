@@ -284,8 +284,12 @@ def _load_stackstac(items: Sequence[pystac.Item], keys: dict[str, str], scl: str
         group = xr.DataArray([f"{k[0]}|{k[1]}" for k in item_keys], dims="time")
         fused = arr.groupby(group).map(stackstac.mosaic, dim="time", nodata=nodata)
         fused = fused.rename({"group": "time"}) if "group" in fused.dims else fused
+        # stackstac's attrs (its RasterSpec object, its CRS and transform) describe its own
+        # grid, not ours, and no writer can store them: the variables carry nodata, as
+        # odc-stac's do.
         layers[name] = fused.chunk({"time": -1}).drop_vars(
-            [c for c in fused.coords if c not in ("time",)]).assign_attrs(nodata=nodata)
+            [c for c in fused.coords if c not in ("time",)]).drop_attrs().assign_attrs(
+            nodata=nodata)
     ds = xr.Dataset(layers)
     # Like odc-stac: each fused observation is stamped with its earliest item's time.
     first: dict[Any, dt.datetime] = {}
