@@ -10,6 +10,8 @@ readers that list the store see a group and nothing odd):
 * ``items.json``: the STAC items the run uses (an ItemCollection with absolute asset hrefs),
   plus ``search.json`` (dropped items, query), so a resumed run reads exactly the same scenes
   even when the catalog has changed since.
+* ``lock.json``: while a run writes the store, who it is (host, pid, start, command); created
+  with ``O_CREAT | O_EXCL``, so one run at a time owns the store (:class:`RunLock`).
 
 A tile's digest is the SHA-256 over the SHA-256 of each chunk it wrote (variable, position,
 dtype, shape and bytes of the decoded chunk), in a fixed order: it can be recomputed from the
@@ -18,10 +20,15 @@ store alone to check a finished tile (:func:`tile_digest`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
+import shutil
+import socket
+import uuid
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +40,8 @@ import pystac
 from ._search import DroppedItem, SearchResult
 from .errors import WriteError
 
-__all__ = ["RUN_GROUP", "Manifest", "TileRecord", "block_digest", "fingerprint", "tile_digest"]
+__all__ = ["RUN_GROUP", "Manifest", "RunLock", "TileRecord", "block_digest", "fingerprint",
+           "free_space", "tile_digest", "write_text_atomic"]
 
 #: Name of the Zarr group (inside the store) holding the manifest and the items.
 RUN_GROUP = "s2mosaic_run"
@@ -157,10 +165,15 @@ class Manifest:
         at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         lines = [json.dumps({"kind": kind, **(r.__dict__ if isinstance(r, TileRecord) else r),
                              "at": at}, default=str) for r in records]
-        with open(self.path, "a") as f:
-            f.write("".join(line + "\n" for line in lines))
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a") as f:
+                f.write("".join(line + "\n" for line in lines))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise WriteError(f"recording finished tiles in {self.path} failed: {e} "
+                             f"({free_space(self.path)}); free space and rerun with "
+                             "--resume") from e
 
     # -- reading -------------------------------------------------------------------------------
     def _lines(self) -> list[dict[str, Any]]:
@@ -201,3 +214,161 @@ class Manifest:
         search = json.loads((self.dir / "search.json").read_text())
         dropped = [DroppedItem(d["id"], d["reason"]) for d in search.get("dropped", [])]
         return SearchResult(items, dropped, search.get("query"))
+
+
+# -- one run at a time -------------------------------------------------------------------------
+class RunLock:
+    """The lock of the store ``store`` (``s2mosaic_run/lock.json``): held by the run writing
+    it, from before its first tile to its end (success, failure or interruption).
+
+    A lock whose process is gone - on this host, its pid no longer exists - is stale and taken
+    over with a warning; a lock held from another host cannot be checked from here and is
+    refused, saying which file to delete once that run is known to be gone.
+    """
+
+    def __init__(self, store: str | Path, command: str, *, token: str | None = None) -> None:
+        self.store = Path(store)
+        self.path = self.store / RUN_GROUP / "lock.json"
+        self.command = command
+        self.token = token or uuid.uuid4().hex
+        self.held = False
+
+    def owner(self) -> dict[str, Any] | None:
+        """The lock's record (None: not locked; ``{}``: a lock file that cannot be read)."""
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def check(self) -> None:
+        """Raise :class:`WriteError` when another live run holds the store."""
+        owner = self.owner()
+        if owner is not None and owner.get("token") != self.token and _alive(owner) is not False:
+            raise self._held(owner)
+
+    def acquire(self) -> None:
+        """Take the lock (a store without a run group - not s2mosaic's - has none to take)."""
+        if not self.path.parent.is_dir():
+            return
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self.owner()
+                if owner is None:
+                    continue  # released meanwhile
+                if owner.get("token") == self.token:
+                    self.held = True
+                    return
+                if _alive(owner) is not False:
+                    raise self._held(owner) from None
+                warnings.warn(f"{self.store}: taking over the lock of a run that is gone "
+                              f"({_who(owner)}; pid {owner.get('pid')} no longer exists)",
+                              UserWarning, stacklevel=3)
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                continue
+            except OSError as e:
+                raise WriteError(f"locking {self.store} ({self.path}) failed: {e} "
+                                 f"({free_space(self.path)})") from e
+            record = {"host": socket.gethostname(), "pid": os.getpid(),
+                      "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                      "command": self.command, "token": self.token}
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(record) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                self.path.unlink(missing_ok=True)
+                raise WriteError(f"locking {self.store} ({self.path}) failed: {e} "
+                                 f"({free_space(self.path)})") from e
+            self.held = True
+            return
+        raise WriteError(f"{self.store}: could not take the lock {self.path} (other runs keep "
+                         "taking it); try again")
+
+    def release(self) -> None:
+        """Remove the lock if this run holds it (a lock another run took over is left)."""
+        if not self.held:
+            return
+        self.held = False
+        owner = self.owner()
+        if owner is not None and owner.get("token") == self.token:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    def _held(self, owner: Mapping[str, Any]) -> WriteError:
+        if not owner:
+            return WriteError(
+                f"{self.store} is locked by a run whose lock file {self.path} cannot be read; if "
+                f"no other run is writing the store, delete {self.path} and rerun")
+        if owner.get("host") != socket.gethostname():
+            return WriteError(
+                f"{self.store} is in use by another run ({_who(owner)}), on another host, so "
+                f"whether it still runs cannot be checked from here. Wait for it to finish or "
+                f"write to another output path; if that run is gone, delete {self.path} and "
+                "rerun (with --resume to keep its finished tiles)")
+        return WriteError(
+            f"{self.store} is in use by another run ({_who(owner)}), which is still running. "
+            f"Wait for it to finish, stop it, or write to another output path; the lock is "
+            f"{self.path}")
+
+
+def _who(owner: Mapping[str, Any]) -> str:
+    return (f"{owner.get('command', '?')} on host {owner.get('host', '?')}, pid "
+            f"{owner.get('pid', '?')}, since {owner.get('since', '?')}")
+
+
+def _alive(owner: Mapping[str, Any]) -> bool | None:
+    """Whether the lock's process runs: None where that cannot be told (another host, or an
+    unreadable lock)."""
+    if not owner or owner.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except (KeyError, TypeError, ValueError, OSError):
+        return None
+    return True
+
+
+# -- writing that survives a full disk ---------------------------------------------------------
+def free_space(path: str | Path) -> str:
+    """``"12.3 MB free on /data"`` for the file system of ``path`` (or its nearest existing
+    parent)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        free = shutil.disk_usage(p).free
+    except OSError:
+        return f"free space on {p} unknown"
+    return f"{free / 1e6:.1f} MB free on {p}"
+
+
+def write_text_atomic(path: str | Path, text: str, what: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary sibling renamed over it: ``path`` is the
+    old file or the whole new one, never a torn or empty one. A failure (a full disk) raises
+    :class:`WriteError` naming ``what``, the path and the free space there."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise WriteError(f"could not write {what} {path}: {e} ({free_space(path)}); free "
+                         "space there and rerun (--resume keeps the finished tiles)") from e
+    return path

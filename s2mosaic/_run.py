@@ -51,9 +51,19 @@ from . import _raster, _write
 from ._cluster import client_source, make_client, quiet_rasterio, quiet_workers
 from ._cube import clear_read_cache, observation_count
 from ._grid import Tile, output_geobox, tiles
-from ._manifest import Manifest, TileRecord, fingerprint, pixel_spec, spec_differences, tile_digest
+from ._manifest import (
+    Manifest,
+    RunLock,
+    TileRecord,
+    fingerprint,
+    pixel_spec,
+    spec_differences,
+    tile_digest,
+    write_text_atomic,
+)
 from ._notify import Notifier
 from ._pipeline import mosaic, provenance
+from ._raster import interactive
 from ._search import SearchResult, search
 from ._select import apply_selection
 from ._spec import MosaicSpec, OutputSpec
@@ -170,8 +180,11 @@ def execute(spec: MosaicSpec, product: Product, *, items: Sequence[pystac.Item] 
     notifier.started(spec.name, cluster=client_source(spec.runtime, client),
                      outputs={k: getattr(spec.output, k) for k in ("zarr", "cog", "rgb")})
     try:
-        report = _Run(spec, product, resume, progress,
-                      on_stage or (lambda _n, _i: None)).execute(items, client)
+        runner = _Run(spec, product, resume, progress, on_stage or (lambda _n, _i: None))
+        try:
+            report = runner.execute(items, client)
+        finally:  # also on failure and Ctrl-C: the store is free for the next run
+            runner.out.lock.release()
     except BaseException as e:
         notifier.failed(spec.name, e)
         raise
@@ -327,6 +340,12 @@ class _Store:
         self.spec, self.product, self.resume = spec, product, resume
         self.scratch = out.zarr is None
         self.manifest = Manifest(self.path)
+        self.lock = RunLock(self.path, f"s2mosaic {product.kind} {spec.name}"
+                                       f"{' --resume' if resume else ''}"
+                                       f"{' --overwrite' if out.overwrite else ''}")
+        """Held from before the first tile is written to the end of the run: one run at a
+        time writes a store (a resumed or overwritten one is locked when it is opened, a new one
+        carries the lock from before it is renamed into place)."""
         self.chunk = spec.runtime.chunks
         self.header: dict[str, Any] | None = None
         """The manifest header of the store being resumed (None: a new store)."""
@@ -336,6 +355,11 @@ class _Store:
         recorded items (its header checked against the spec), else the output checks, then
         the items searched (unless given) and selected by the product."""
         spec = self.spec
+        if os.path.lexists(self.path):
+            if self.resume or spec.output.overwrite:
+                self.lock.acquire()
+            else:
+                self.lock.check()  # say who uses it rather than only that it exists
         self.header = self._resumable() if self.resume and os.path.lexists(self.path) else None
         items = self._new_items(items) if self.header is None else self._recorded_items(items)
         gbox = output_geobox(spec, items)
@@ -365,8 +389,15 @@ class _Store:
                   "tile_size": self.spec.runtime.tile_pixels, "chunks": self.chunk,
                   "tiles": len(grid.tiles), "halo": list(grid.halo),
                   "bands": self.product.names, "product": state}
-        _write.init_zarr(self._template(grid), self.path, overwrite=True,
-                         before_publish=lambda p: Manifest(p).create(header, items))
+        _write.init_zarr(self._template(grid), self.path, overwrite=self.spec.output.overwrite,
+                         before_publish=lambda p: self._publish(p, header, items))
+
+    def _publish(self, scratch: Path, header: dict[str, Any], items: SearchResult) -> None:
+        """The run group of a new store, before it is renamed into place: manifest, items and
+        this run's lock (so the store is never visible unlocked)."""
+        Manifest(scratch).create(header, items)
+        RunLock(scratch, self.lock.command, token=self.lock.token).acquire()
+        self.lock.held = True
 
     def _fingerprint(self, items: SearchResult, grid: TileGrid, state: dict[str, Any]) -> str:
         spec = self.spec
@@ -525,13 +556,17 @@ class _Run:
         return self._report(outputs, "complete")
 
     def _failure(self) -> RunError:
-        report = self._report({}, "failed")
+        try:
+            report: RunReport | None = self._report({}, "failed")
+            where = f"Report: {report_path(self.spec.output)}"
+        except WriteError as e:  # a full disk: say so rather than hide the tiles' failure
+            report, where = None, f"The report could not be written either: {e}"
         keys = ", ".join(f"{k} ({v})" for k, v in list(self.failed.items())[:5])
         return RunError(
             f"{len(self.failed)} of {len(self.grid.tiles)} tile(s) failed after "
             f"{self.spec.runtime.retries} retries: {keys}. Every other tile is written to "
             f"{self.store}; rerun with --resume (resume=True) to redo only the failed "
-            f"ones. Report: {report_path(self.spec.output)}", report)
+            f"ones. {where}", report)
 
     def _todo(self) -> list[Tile]:
         """Tiles still to compute: all but the finished ones that check out."""
@@ -638,14 +673,15 @@ class _Run:
             bytes_written=self.bytes_written, kind=self.product.kind)
         path = report_path(spec.output)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(report.to_json() + "\n")
+        write_text_atomic(path, report.to_json() + "\n", "the run report")
         return report
 
 
 @contextlib.contextmanager
 def _progress(show: bool, total: int, completed: int) -> Iterator[Callable[[], None]]:
-    """A rich progress bar over tiles on a terminal or in Jupyter; plain lines elsewhere (CI
-    logs, pipes: :class:`_ProgressLines`); a no-op when not shown."""
+    """A rich progress bar over tiles on a terminal or in Jupyter with ipywidgets; plain lines
+    elsewhere (CI logs, pipes, Jupyter without ipywidgets: :class:`_ProgressLines`); a no-op
+    when not shown."""
     if not show:
         yield lambda: None
         return
@@ -658,14 +694,6 @@ def _progress(show: bool, total: int, completed: int) -> Iterator[Callable[[], N
                   transient=False) as bar:
         task = bar.add_task("tiles", total=total, completed=completed)
         yield lambda: bar.advance(task)
-
-
-def interactive() -> bool:
-    """Whether progress can be drawn live: stdout is a terminal, or this is Jupyter."""
-    from rich.console import Console
-
-    console = Console()
-    return console.is_terminal or console.is_jupyter
 
 
 class _ProgressLines:

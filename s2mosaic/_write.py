@@ -216,25 +216,63 @@ def init_zarr(template: xr.Dataset, path: str | Path, *, overwrite: bool = False
     ``template`` is a lazy mosaic-shaped dataset, or a ``(time, y, x)`` series laid out as
     :func:`write_series_zarr` writes one (its values are never computed); its Dask chunks
     become the Zarr chunks. The store is built under a hidden scratch name, handed to
-    ``before_publish`` (the runner adds its manifest there) and renamed into place, so ``path``
-    either does not exist or is a complete, initialised store. Blocks go in with
-    :func:`write_block`.
+    ``before_publish`` (the runner adds its manifest and lock there) and renamed into place, so
+    ``path`` either does not exist or is a complete, initialised store. With ``overwrite`` an
+    existing store is kept until the new one is ready: it is renamed aside, the new one renamed
+    into place, and only then deleted (a failure before that leaves the old store as it was).
+    Blocks go in with :func:`write_block`.
     """
+    from ._manifest import free_space
+
     path = Path(path)
     ds, encoding = (_series_dataset(template, path) if "time" in template.dims
                     else _zarr_dataset(template))
-    prepare_target(path, overwrite, "zarr")
+    old = os.path.lexists(path)
+    if old:
+        _check_replaceable(path, overwrite)
+    with io_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     scratch = scratch_path(path, "init")
+    aside: Path | None = None
     try:
         with io_errors(path):
             ds.to_zarr(scratch, mode="w-", consolidated=True, zarr_format=2, encoding=encoding,
                        compute=False)
             if before_publish is not None:
                 before_publish(scratch)
-            os.replace(scratch, path)
+        if old:
+            aside = scratch_path(path, "old")
+            with io_errors(path):
+                os.rename(path, aside)
+        try:
+            os.rename(scratch, path)
+        except OSError as e:
+            if aside is not None:  # put the old store back: never neither
+                os.rename(aside, path)
+                aside = None
+            if os.path.lexists(path):
+                raise WriteError(f"{path} appeared while this run initialised it: another run "
+                                 "is writing the same output path; choose another path") from e
+            raise WriteError(f"writing {path} failed: {e} ({free_space(path)})") from e
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if aside is not None:
+            if aside.is_dir() and not aside.is_symlink():
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                aside.unlink(missing_ok=True)
     return path
+
+
+def _check_replaceable(path: Path, overwrite: bool) -> None:
+    """Refuse to replace ``path`` unless overwriting, and a directory unless a Zarr store (a
+    typo must not wipe a directory)."""
+    if not overwrite:
+        raise exists_error(path, "zarr")
+    if path.is_dir() and not path.is_symlink() and not any(
+            (path / m).exists() for m in (".zgroup", ".zarray", "zarr.json")):
+        raise WriteError(f"{path} exists and is a directory that is not a Zarr store; refusing "
+                         "to delete it for output.zarr - choose another path")
 
 
 def write_block(block: np.ndarray, store: str, name: str, *origin: int,
@@ -247,12 +285,16 @@ def write_block(block: np.ndarray, store: str, name: str, *origin: int,
     """
     import zarr
 
-    from ._manifest import block_digest
+    from ._manifest import block_digest, free_space
 
     block = np.asarray(block)
-    arr = zarr.open_array(f"{store}/{name}", mode="r+", zarr_format=2).with_config(
-        {"write_empty_chunks": True})
-    arr[tuple(slice(o, o + n) for o, n in zip(origin, block.shape, strict=True))] = block
+    try:
+        arr = zarr.open_array(f"{store}/{name}", mode="r+", zarr_format=2).with_config(
+            {"write_empty_chunks": True})
+        arr[tuple(slice(o, o + n) for o, n in zip(origin, block.shape, strict=True))] = block
+    except OSError as e:  # a full disk, a lost mount: the tile fails (and is retried)
+        raise WriteError(f"writing {name} at {list(origin)} into {store} failed: {e} "
+                         f"({free_space(store)})") from e
     return name, *origin, block_digest(name, origin, block), int(block.nbytes)
 
 
@@ -287,11 +329,10 @@ def read_digests(store: str, names: Sequence[str], y: slice, x: slice, chunk: in
 
 def write_metadata(path: str | Path, provenance: Mapping[str, Any]) -> Path:
     """Write ``provenance`` as indented JSON (dates, paths and other objects via ``str``)."""
-    path = Path(path)
-    with io_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(provenance, indent=2, default=str) + "\n")
-    return path
+    from ._manifest import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(provenance, indent=2, default=str) + "\n",
+                             "the metadata sidecar")
 
 
 # -- helpers -----------------------------------------------------------------------------------
