@@ -229,7 +229,12 @@ def _read_gpkg(path: Path) -> BaseGeometry:
         from .errors import MissingDependencyError
 
         raise MissingDependencyError("pyogrio", "all", "Reading a GeoPackage AOI") from None
-    meta, _, geometry, _ = pyogrio.raw.read(path)
+    try:
+        meta, _, geometry, _ = pyogrio.raw.read(path)
+    except Exception as e:  # pyogrio's DataSourceError, DataLayerError, ... for a broken file
+        raise SpecError("", str(path), f"cannot be read as a GeoPackage ({type(e).__name__}: "
+                        f"{e}); expected a GeoPackage with a polygon layer, or a .geojson "
+                        "file") from None
     if geometry is None or len(geometry) == 0:
         raise SpecError("", str(path), "the GeoPackage layer has no geometries")
     geoms = shapely.from_wkb(geometry)

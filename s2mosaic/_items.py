@@ -32,6 +32,7 @@ __all__ = [
     "MaskBands",
     "asset_dtype",
     "asset_nodata",
+    "asset_problem",
     "band_type",
     "boa_offset",
     "footprint",
@@ -294,6 +295,42 @@ def band_type(item: pystac.Item, key: str, *, dtypes: Mapping[str, str] | None =
     if not dtype[0].startswith("float") and float(nd).is_integer():
         nd = int(nd)  # 0, not 0.0, for integer data
     return BandType(dtype[0], nd, dtype[1])
+
+
+def asset_problem(item: pystac.Item, key: str, *, dtypes: Mapping[str, str] | None = None,
+                  nodata: Mapping[str, float] | None = None) -> str | None:
+    """Why the data type or nodata that asset ``key`` of ``item`` declares cannot be used (a
+    string ``nodata``, an unknown ``data_type``), naming the field; None when usable or when the
+    spec's ``dtypes``/``nodata`` (``source.band_dtypes``/``source.nodata``) override it."""
+    import numpy as np
+
+    asset = item.assets.get(key)
+    fields = asset.extra_fields if asset is not None else {}
+    decl: list[Mapping[str, object]] = [fields]
+    for name in ("raster:bands", "bands"):
+        bands = fields.get(name)
+        if isinstance(bands, list) and bands and isinstance(bands[0], Mapping):
+            decl.insert(0, bands[0])
+            where = f"{name}[0]"
+            break
+    else:
+        where = "asset"
+    if _override(nodata or {}, item, key) is None:
+        value = next((c["nodata"] for c in decl if c.get("nodata") is not None), None)
+        if value is not None and _number(value) is None:
+            return (f"asset {key!r} declares {where} nodata {value!r}, not a number (expected a "
+                    f"number, 'nan', 'inf' or '-inf'); fix the item, or set it in the spec: "
+                    f"source.nodata: {{{key}: 0}}")
+    if _override(dtypes or {}, item, key) is None:
+        value = next((c["data_type"] for c in decl if c.get("data_type")), None)
+        if value is not None:
+            try:
+                np.dtype(str(value))
+            except TypeError:
+                return (f"asset {key!r} declares {where} data_type {value!r}, not a data type "
+                        f"(expected e.g. uint16, uint8, float32); fix the item, or set it in the "
+                        f"spec: source.band_dtypes: {{{key}: uint16}}")
+    return None
 
 
 def asset_dtype(item: pystac.Item, key: str) -> str:

@@ -9,7 +9,7 @@ baseline) is read through :mod:`s2mosaic._items`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,18 @@ from typing import Any
 import pystac
 import shapely.geometry
 
-from ._items import footprint, format_baseline, item_datetime, mgrs_tile, processing_baseline
+from ._items import (
+    asset_problem,
+    footprint,
+    format_baseline,
+    item_datetime,
+    mgrs_tile,
+    processing_baseline,
+    resolve_band,
+)
 from ._sign import load_callable
 from ._spec import MosaicSpec, SourceSpec
-from .errors import EmptySearchError, SearchError
+from .errors import DataError, EmptySearchError, SearchError
 
 __all__ = [
     "DroppedItem",
@@ -99,8 +107,10 @@ def search(spec: MosaicSpec, *, allow_empty: bool = False) -> SearchResult:
         datetime=spec.period.datetime_range,
         months=spec.period.months,
     )
-    found = _search_api(q) if spec.source.is_api else _search_static(q)
+    unreadable: list[DroppedItem] = []
+    found = _search_api(q) if spec.source.is_api else _search_static(q, unreadable)
     kept, dropped = _filter(found, q, spec)
+    dropped = unreadable + dropped
     kept, dups = dedupe(kept)
     kept.sort(key=lambda i: (item_datetime(i), i.id))
     result = SearchResult(kept, dropped + dups, q.describe())
@@ -148,7 +158,9 @@ def _search_api(q: _Query) -> list[pystac.Item]:
         raise SearchError(f"STAC API search failed for {json.dumps(q.describe())}: {e}") from e
 
 
-def _search_static(q: _Query) -> list[pystac.Item]:
+def _search_static(q: _Query, dropped: list[DroppedItem]) -> list[pystac.Item]:
+    """Items of a local catalog or ItemCollection; items that cannot be read are appended to
+    ``dropped`` with the field at fault (one bad item does not fail the search)."""
     path = Path(q.source.stac)
     if not path.exists():
         raise SearchError(
@@ -157,7 +169,7 @@ def _search_static(q: _Query) -> list[pystac.Item]:
         )
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SearchError(f"source.stac {str(path)!r} is not readable JSON: {e}") from e
     kind = data.get("type") if isinstance(data, dict) else None
     if kind not in ("FeatureCollection", "Catalog", "Collection", "Feature"):
@@ -165,28 +177,121 @@ def _search_static(q: _Query) -> list[pystac.Item]:
             f"source.stac {str(path)!r} is JSON but not STAC (type {kind!r}); expected a "
             "catalog.json, collection.json, item or ItemCollection (FeatureCollection)"
         )
-    bad = (pystac.STACError, pystac.STACTypeError, KeyError, TypeError, ValueError)
     if kind == "FeatureCollection":
-        try:
-            items = list(pystac.ItemCollection.from_dict(data, preserve_dict=False))
-        except bad as e:
-            raise SearchError(f"source.stac {str(path)!r} is not a valid ItemCollection: {e}") from e
-        for item in items:
-            _absolute_hrefs(item, path.resolve().parent)
+        features = data.get("features")
+        if not isinstance(features, list):
+            raise SearchError(f"source.stac {str(path)!r}: 'features' is {features!r}; an "
+                              "ItemCollection needs a list of STAC items there")
+        items: list[pystac.Item] = []
+        for i, feature in enumerate(features):
+            item = _parse_item(feature, f"source.stac {str(path)!r} features[{i}]", dropped)
+            if item is not None:
+                _absolute_hrefs(item, path.resolve().parent)
+                items.append(item)
         return items
     try:
         root = pystac.read_file(str(path.resolve()))
-    except bad as e:
+    except _BAD as e:
         raise SearchError(f"source.stac {str(path)!r} is not a STAC catalog or collection: {e}") from e
     if isinstance(root, pystac.Item):
         items = [root]
     elif isinstance(root, pystac.Catalog):
-        items = list(root.get_items(recursive=True))
+        items = list(_catalog_items(root, dropped))
     else:  # pragma: no cover - read_file returns Catalog/Collection/Item
         raise SearchError(f"source.stac {str(path)!r}: unsupported STAC object {type(root).__name__}")
     for item in items:
         item.make_asset_hrefs_absolute()
     return items
+
+
+_BAD = (pystac.STACError, pystac.STACTypeError, KeyError, TypeError, ValueError, AttributeError,
+        IndexError)
+
+
+def _catalog_items(cat: pystac.Catalog, dropped: list[DroppedItem]) -> Iterator[pystac.Item]:
+    """``cat.get_items(recursive=True)``, one item link at a time so one unreadable item file
+    is dropped (naming it) instead of failing the search."""
+    for link in cat.get_links(pystac.RelType.ITEM):
+        href = link.get_absolute_href() or link.href
+        try:
+            link.resolve_stac_object(root=cat.get_root())
+        except (*_BAD, OSError, UnicodeDecodeError) as e:
+            try:
+                raw = json.loads(Path(href).read_text())
+            except (OSError, UnicodeDecodeError, ValueError):
+                raw = None
+            _parse_item(raw, f"item file {href!r} (linked from catalog {cat.id!r})", dropped,
+                        error=e)
+            continue
+        if isinstance(link.target, pystac.Item):
+            yield link.target
+    for child in cat.get_children():
+        yield from _catalog_items(child, dropped)
+
+
+def _parse_item(data: object, where: str, dropped: list[DroppedItem],
+                error: Exception | None = None) -> pystac.Item | None:
+    """A STAC item from its JSON, or None with a :class:`DroppedItem` naming the field at fault.
+
+    An item without an id cannot be recorded as dropped: that raises, naming ``where``.
+    """
+    if not isinstance(data, dict):
+        raise SearchError(f"{where} is {type(data).__name__} {str(data)[:80]!r}, not a STAC item "
+                          "(a JSON object with 'id', 'geometry', 'properties' and 'assets')")
+    item_id = data.get("id")
+    if not isinstance(item_id, str) or not item_id:
+        raise SearchError(f"{where} has 'id' {item_id!r}; every STAC item needs a non-empty "
+                          "string id. Fix or remove that item")
+    reason = _item_json_problem(data)
+    if reason is None and error is None:
+        try:
+            return pystac.Item.from_dict(data, preserve_dict=False)
+        except _BAD as e:
+            error = e
+    if reason is None:
+        reason = f"not a valid STAC item: {type(error).__name__}: {error}"
+    dropped.append(DroppedItem(item_id, f"{reason} ({where})"))
+    return None
+
+
+def _item_json_problem(data: dict[str, Any]) -> str | None:
+    """What makes an item's JSON unusable, naming the field; None when it looks readable."""
+    props = data.get("properties")
+    if not isinstance(props, dict):
+        return f"'properties' is {props!r}; expected an object with at least 'datetime'"
+    when = props.get("datetime")
+    if when is None:
+        if props.get("start_datetime") is None:
+            return ("'datetime' is null and there is no 'start_datetime'; every item needs an "
+                    "acquisition time")
+        when = props.get("start_datetime")
+    try:
+        pystac.utils.str_to_datetime(when)  # type: ignore[arg-type]  # non-str: TypeError
+    except (TypeError, ValueError, OverflowError):
+        return (f"'datetime' {when!r} is not an RFC 3339 date-time such as "
+                "'2024-05-02T10:26:47Z'")
+    assets = data.get("assets")
+    if not isinstance(assets, dict) or not all(isinstance(a, dict) and isinstance(a.get("href"), str)
+                                               for a in assets.values()):
+        return f"'assets' is not an object of assets with an 'href' each ({str(assets)[:80]!r})"
+    bbox = data.get("bbox")
+    if bbox is not None and not (isinstance(bbox, list) and len(bbox) in (4, 6) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)):
+        return f"'bbox' {bbox!r} is not [west, south, east, north]"
+    return _geometry_problem(data.get("geometry"))
+
+
+def _geometry_problem(geometry: object) -> str | None:
+    if geometry is None:
+        return ("'geometry' is null: without a footprint the item cannot be matched to the AOI "
+                "(a GeoJSON geometry in EPSG:4326 is needed)")
+    try:
+        shape = shapely.geometry.shape(geometry)
+    except Exception as e:  # shapely raises many kinds for malformed GeoJSON
+        return f"'geometry' is not valid GeoJSON ({type(e).__name__}: {e}): {str(geometry)[:80]}"
+    if shape.is_empty:
+        return "'geometry' is empty; the item has no footprint to match to the AOI"
+    return None
 
 
 def _absolute_hrefs(item: pystac.Item, base: Path) -> None:
@@ -200,29 +305,69 @@ def _absolute_hrefs(item: pystac.Item, base: Path) -> None:
 def _filter(items: list[pystac.Item], q: _Query, spec: MosaicSpec) -> tuple[list[pystac.Item], list[DroppedItem]]:
     aoi = spec.aoi.geometry
     src = spec.source
+    ours = [i for i in items if i.collection_id in (None, src.collection)]  # others: not "dropped"
+    usable = _usable_bands(ours, spec.bands)
     kept: list[pystac.Item] = []
     dropped: list[DroppedItem] = []
-    for item in items:
-        reason = None
-        if item.collection_id not in (None, src.collection):
-            continue  # other collections in the same catalog are not "dropped", just not ours
-        when = item_datetime(item)
+    for item in ours:
+        reason = _geometry_problem(item.geometry)
+        if reason is None:
+            try:
+                when = item_datetime(item)
+            except SearchError as e:
+                reason = str(e)
+        if reason is not None:
+            dropped.append(DroppedItem(item.id, reason))
+            continue
         fp = footprint(item)
         if fp is None or not fp.intersects(aoi):
             continue
         if not spec.period.contains(when):
             continue
         cc = item.properties.get("eo:cloud_cover")
-        if src.max_cloud_cover is not None and cc is not None and cc > src.max_cloud_cover:
+        if cc is not None and (not isinstance(cc, int | float) or isinstance(cc, bool)):
+            reason = f"eo:cloud_cover {cc!r} is not a number (percent, 0-100)"
+        elif src.max_cloud_cover is not None and cc is not None and cc > src.max_cloud_cover:
             reason = f"eo:cloud_cover {cc} > source.max_cloud_cover {src.max_cloud_cover}"
         tile = mgrs_tile(item)
         if reason is None and src.mgrs_tiles and tile not in src.mgrs_tiles:
             reason = f"MGRS tile {tile} not in source.mgrs_tiles {list(src.mgrs_tiles)}"
         if reason is None:
+            reason = _band_problem(item, usable, spec)
+        if reason is None:
             kept.append(item)
         else:
             dropped.append(DroppedItem(item.id, reason))
     return kept, dropped
+
+
+def _usable_bands(items: list[pystac.Item], bands: Sequence[str]) -> list[str]:
+    """The spec bands that at least one item has: an item lacking one of these is dropped; a band
+    no item has is left for the cube to report (most likely a misspelt name in ``bands``)."""
+    out = []
+    for band in bands:
+        for item in items:
+            try:
+                resolve_band(item, band)
+            except DataError:
+                continue
+            out.append(band)
+            break
+    return out
+
+
+def _band_problem(item: pystac.Item, bands: Sequence[str], spec: MosaicSpec) -> str | None:
+    for band in bands:
+        try:
+            key = resolve_band(item, band)
+        except DataError:
+            return (f"has no asset for band {band!r} (spec field 'bands'), which other items "
+                    f"have; its assets are {sorted(item.assets)}")
+        problem = asset_problem(item, key, dtypes=spec.source.band_dtypes,
+                                nodata=spec.source.nodata)
+        if problem is not None:
+            return problem
+    return None
 
 
 def dedupe(items: Iterable[pystac.Item]) -> tuple[list[pystac.Item], list[DroppedItem]]:
