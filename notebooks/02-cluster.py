@@ -16,11 +16,11 @@
 # Connect to a Dask cluster from a **cluster profile**, run a mosaic on it while watching the
 # progress, and look at the result.
 #
-# A profile (`cluster/*.yaml`) says what to start: `cluster/local.yaml` is a `LocalCluster` on
-# this machine (the default here, offline); `cluster/slurm-cpu.yaml`, `cluster/slurm-gpu.yaml`
-# and `cluster/pbs.yaml` submit Dask workers as batch jobs through dask-jobqueue. To run this
+# A profile (`s2mosaic/profiles/*.yaml`, chosen by name) says what to start: `local` is a `LocalCluster` on
+# this machine (the default here, offline); `slurm-cpu`, `slurm-gpu`
+# and `pbs` submit Dask workers as batch jobs through dask-jobqueue. To run this
 # notebook on an HPC login node, edit the queue/account/environment lines of one of them and set
-# `S2MOSAIC_CLUSTER_PROFILE=cluster/slurm-cpu.yaml` before starting Jupyter.
+# `S2MOSAIC_CLUSTER_PROFILE=slurm-cpu` (or your own YAML) before starting Jupyter.
 #
 # `S2MOSAIC_NOTEBOOK_DIR` chooses where files go (default: `./s2mosaic-demo`).
 
@@ -37,9 +37,7 @@ import s2mosaic
 from s2mosaic import gpu_resources, job_script, load_profile, make_client
 from s2mosaic.demo import demo_spec, make_demo_catalog
 
-repo = Path(s2mosaic.__file__).resolve().parents[1]  # profiles live in the source checkout
-profile = load_profile(os.environ.get("S2MOSAIC_CLUSTER_PROFILE")
-                       or repo / "cluster" / "local.yaml")
+profile = load_profile(os.environ.get("S2MOSAIC_CLUSTER_PROFILE") or "local")  # packaged, by name
 print(profile.describe())
 print(profile.to_yaml())
 

@@ -24,6 +24,7 @@ from importlib.util import find_spec
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from .errors import DISTRIBUTION as _DISTRIBUTION
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -145,7 +146,7 @@ def __dir__() -> list[str]:
 
 
 try:
-    __version__ = version("s2mosaic")
+    __version__ = version(_DISTRIBUTION)
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 

@@ -11,7 +11,7 @@ A batch file (YAML)::
 
     max_concurrent: 2          # jobs running at once (default 2)
     retries: 1                 # extra attempts per failed job (default 1)
-    runtime: {cluster: ../cluster/slurm-cpu.yaml}   # the shared cluster (runtime keys)
+    runtime: {cluster: slurm-cpu}   # the shared cluster (runtime keys)
     defaults:                  # merged into every job (sections key by key)
       source: {stac: catalog.json}
       bands: [red, green, blue, nir]

@@ -14,7 +14,7 @@ The targets:
 
 - ``"synchronous"`` / ``"threads"``: no cluster, one of dask's local schedulers;
 - a scheduler address (``tcp://10.0.0.5:8786``): a running cluster, left running afterwards;
-- a **cluster profile** (``cluster/*.yaml``, or a :class:`ClusterProfile`): a LocalCluster or a
+- a **cluster profile** (``s2mosaic/profiles/*.yaml`` by name, a YAML file, or a :class:`ClusterProfile`): a LocalCluster or a
   dask-jobqueue cluster (SLURM, PBS, SGE, LSF, ...) whose worker jobs are submitted for the run,
   scaled (fixed or adaptive) and waited for, then cancelled when the run ends.
 
@@ -46,10 +46,12 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from ._profile import (
     CLUSTER_KINDS,
     JOBQUEUE_CLASSES,
+    PACKAGED_PROFILES,
     ClusterProfile,
     cluster_class,
     kwarg,
     load_profile,
+    resolve_profile,
 )
 from ._spec import RuntimeSpec
 from .errors import ArgumentTypeError, ClusterError, GPUFallbackWarning, SpecError
@@ -107,7 +109,7 @@ def job_script(profile: str | Path | ClusterProfile) -> str:
 
     Examples
     --------
-    >>> print(job_script("cluster/slurm-gpu.yaml"))  # doctest: +SKIP
+    >>> print(job_script("slurm-gpu"))  # doctest: +SKIP
     #!/usr/bin/env bash
     #SBATCH -J s2mosaic-gpu
     ...
@@ -208,7 +210,7 @@ def make_client(target: RuntimeSpec | ClusterProfile | str | Path | None = None,
 
     Examples
     --------
-    >>> with make_client("cluster/slurm-cpu.yaml") as client:  # doctest: +SKIP
+    >>> with make_client("slurm-cpu") as client:  # doctest: +SKIP
     ...     report = s2mosaic.run(spec, client=client)
     >>> conn = make_client("tcp://10.0.0.5:8786")  # doctest: +SKIP
     >>> conn.client.dashboard_link  # doctest: +SKIP
@@ -308,9 +310,10 @@ def _local(runtime: RuntimeSpec) -> Connection:
 
 
 def _from_profile(profile: str | Path | ClusterProfile, *, field: str = "profile") -> Connection:
-    if not isinstance(profile, ClusterProfile) and not Path(profile).expanduser().is_file():
-        raise SpecError(field, str(profile), "no such cluster profile file; give a YAML profile "
-                        "such as cluster/local.yaml, a scheduler address (tcp://host:8786), "
+    if not isinstance(profile, ClusterProfile) and not resolve_profile(profile).is_file():
+        raise SpecError(field, str(profile), "no such cluster profile file; give a YAML profile, "
+                        f"a packaged one by name ({', '.join(PACKAGED_PROFILES)}), "
+                        "a scheduler address (tcp://host:8786), "
                         f"or one of {list(LOCAL_SCHEDULERS)}")
     p = load_profile(profile)
     if p.kind != "local":
@@ -318,7 +321,7 @@ def _from_profile(profile: str | Path | ClusterProfile, *, field: str = "profile
         if shutil.which(submit) is None:
             raise ClusterError(f"{p.describe()}: {submit!r} is not on PATH, so no {p.kind} job "
                                "can be submitted from here; run on a login node of the cluster, "
-                               "or use cluster/local.yaml")
+                               "or use the local profile (--cluster local)")
     from distributed import Client
 
     cluster = make_cluster(p)
@@ -429,7 +432,7 @@ _WARNED: set[str] = set()
 
 def gpu_resources(client: Any = None) -> dict[str, float] | None:
     """``{"GPU": 1}`` when a worker of ``client`` (default: the current client) has a ``GPU``
-    resource, i.e. was started with ``--resources GPU=1`` (``cluster/slurm-gpu.yaml``) or with
+    resource, i.e. was started with ``--resources GPU=1`` (the ``slurm-gpu`` profile) or with
     ``resources={"GPU": 1}`` (a LocalCluster); None otherwise, and without a distributed client.
     """
     if client is None:
@@ -467,7 +470,7 @@ def gpu_annotate(client: Any = None, *, what: str = "GPU tasks") -> Iterator[dic
             _WARNED.add(what)
             warnings.warn(f"{what}: no Dask worker has a {GPU_RESOURCE!r} resource, so they run "
                           "on CPU; start GPU workers with --resources GPU=1 (see "
-                          "cluster/slurm-gpu.yaml) to use GPUs", GPUFallbackWarning, stacklevel=3)
+                          "the slurm-gpu profile) to use GPUs", GPUFallbackWarning, stacklevel=3)
         yield None
         return
     with dask.annotate(resources=res):

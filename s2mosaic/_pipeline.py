@@ -21,6 +21,7 @@ from ._select import apply_selection
 from ._spec import MosaicSpec
 from ._write import PROVENANCE_ATTR, netcdf_attrs
 from .composite import PERCENTILE_DEFINITION, composite
+from .errors import DISTRIBUTION
 from .masks import MaskContext, valid_mask
 
 __all__ = ["masked_cube", "mosaic", "provenance", "software_versions"]
@@ -160,7 +161,7 @@ def software_versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for name in _PACKAGES:
         try:
-            out[name] = importlib_metadata.version(name)
+            out[name] = importlib_metadata.version(DISTRIBUTION if name == "s2mosaic" else name)
         except importlib_metadata.PackageNotFoundError:
             continue
     import rasterio

@@ -237,7 +237,7 @@ def plan(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *, cores:
         Cores the run gets; default from ``cluster``, else from ``spec.runtime`` (its cluster
         profile, or the LocalCluster this machine would start; ``synchronous``: 1).
     cluster
-        A cluster profile (``cluster/*.yaml``) whose size to plan for.
+        A cluster profile (a YAML file, or a packaged one by name such as ``slurm-cpu``) whose size to plan for.
     cost_per_core_hour
         Price of one core for one hour (any currency); the plan's ``time.cost`` is then
         ``cores × wall hours × price``.

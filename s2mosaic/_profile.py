@@ -1,4 +1,4 @@
-"""Cluster profiles (``cluster/*.yaml``): read, validated, turned into cluster-class kwargs.
+"""Cluster profiles (``s2mosaic/profiles/*.yaml``, or the user's own): read, validated, turned into cluster-class kwargs.
 
 A profile's ``jobqueue:`` part is dask-jobqueue's own configuration shape; its ``s2mosaic:`` part
 says which entry to use, how to scale and how long to wait for workers. See :mod:`s2mosaic._cluster`.
@@ -28,6 +28,8 @@ JOBQUEUE_CLASSES: dict[str, str] = {
 }
 #: ``s2mosaic._cluster`` values: ``local`` (a ``distributed.LocalCluster``) or a jobqueue entry.
 CLUSTER_KINDS: tuple[str, ...] = ("local", *JOBQUEUE_CLASSES)
+#: The profiles shipped in ``s2mosaic/profiles/``, by the bare name that selects one.
+PACKAGED_PROFILES: tuple[str, ...] = ("local", "slurm-cpu", "slurm-gpu", "pbs")
 #: ``s2mosaic.local`` keys: the ``distributed.LocalCluster`` keyword arguments a profile may set.
 LOCAL_OPTIONS = ("n_workers", "threads_per_worker", "processes", "memory_limit",
                  "dashboard_address", "resources", "local_directory", "host", "protocol")
@@ -37,7 +39,7 @@ _SECTION_KEYS = ("cluster", "local", "scale", "adapt", "wait")
 # -- profiles -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClusterProfile:
-    """A cluster profile: what to start and how to scale it (see ``cluster/*.yaml``).
+    """A cluster profile: what to start and how to scale it (see ``s2mosaic/profiles/*.yaml``).
 
     Examples
     --------
@@ -66,12 +68,13 @@ class ClusterProfile:
     @classmethod
     def from_yaml(cls, path: str | Path) -> ClusterProfile:
         """Read a profile file."""
-        p = Path(path).expanduser()
+        p = resolve_profile(path)
         try:
             data = yaml.safe_load(p.read_text())
         except OSError as e:
             raise SpecError("<cluster profile>", str(p), f"cannot be read ({e.strerror}); give a "
-                            "profile YAML such as cluster/local.yaml") from None
+                            "profile YAML file, or a packaged profile by name: "
+                            f"{', '.join(PACKAGED_PROFILES)}") from None
         except yaml.YAMLError as e:
             raise SpecError("<cluster profile>", str(p), f"is not valid YAML: {e}") from None
         return cls.from_dict(data or {}, source=str(path))
@@ -191,6 +194,23 @@ class ClusterProfile:
         elif self.jobs is not None:
             parts.append(f"{self.jobs} job(s)")
         return ", ".join(parts)
+
+
+def packaged_profile(name: str) -> Path:
+    """The packaged profile ``name`` (one of :data:`PACKAGED_PROFILES`)."""
+    if name not in PACKAGED_PROFILES:
+        raise SpecError("<cluster profile>", name,
+                        f"no such packaged profile; valid values are {list(PACKAGED_PROFILES)}")
+    return Path(__file__).parent / "profiles" / f"{name}.yaml"
+
+
+def resolve_profile(path: str | Path) -> Path:
+    """``path``, or the packaged profile it names when there is no such file and its last part is
+    a bare name such as ``slurm-cpu`` (relative paths may already be rebased onto a directory)."""
+    p = Path(path).expanduser()
+    if not p.is_file() and p.suffix == "" and p.name in PACKAGED_PROFILES:
+        return packaged_profile(p.name)
+    return p
 
 
 def load_profile(profile: str | Path | ClusterProfile) -> ClusterProfile:

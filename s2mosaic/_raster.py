@@ -323,7 +323,33 @@ def compute(obj: Any, client: Client | None, progress: bool) -> tuple[Any, ...]:
         if progress:
             from distributed import progress as dist_progress
 
-            dist_progress(future)  # widget in a notebook, text bar in a terminal
+            # The widget only in Jupyter with ipywidgets (else distributed raises on import);
+            # a text bar everywhere else.
+            dist_progress(future, notebook=in_jupyter() and has_widgets())
         return (future.result(),)
     with ProgressBar() if progress else contextlib.nullcontext():
         return tuple(dask.compute(obj))
+
+
+def interactive() -> bool:
+    """Whether progress can be drawn live: stdout is a terminal, or this is Jupyter with
+    ``ipywidgets`` (without it rich warns and distributed raises: callers print plain lines)."""
+    from rich.console import Console
+
+    return Console().is_terminal or (in_jupyter() and has_widgets())
+
+
+def in_jupyter() -> bool:
+    """Whether this runs in a Jupyter kernel (as rich detects it)."""
+    from rich.console import Console
+
+    return Console().is_jupyter
+
+
+def has_widgets() -> bool:
+    """Whether ``ipywidgets`` imports (the ``notebook`` extra), needed for live progress in Jupyter."""
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True

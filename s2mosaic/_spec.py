@@ -20,6 +20,7 @@ import yaml
 
 from ._aoi import AOI
 from ._crs import check_grid
+from ._profile import PACKAGED_PROFILES, resolve_profile
 from ._sign import SIGNERS, check_callable, signer
 from ._validate import (
     Section,
@@ -389,8 +390,8 @@ class MaskSpec(Section):
             if isinstance(c, bool) or not isinstance(c, int) or c not in SCL_CLASSES:
                 raise fail("scl_classes", c, f"valid SCL classes are {sorted(SCL_CLASSES)}")
         self._set("scl_classes", tuple(sorted(set(classes))))
-        self._set("dilation", number("dilation", self.dilation, low=0, integer=True))
-        self._set("buffer_m", number("buffer_m", self.buffer_m, low=0))
+        self._set("dilation", number("dilation", self.dilation, low=0, high=1000, integer=True))
+        self._set("buffer_m", number("buffer_m", self.buffer_m, low=0, high=10_000))
         if self.dilation and self.buffer_m:
             raise fail("buffer_m", self.buffer_m,
                         f"set either dilation (pixels, here {self.dilation}) or buffer_m (metres), "
@@ -440,7 +441,7 @@ class CompositeSpec(Section):
         self._set("method", choice("method", self.method, COMPOSITE_METHODS))
         self._set("percentile", number("percentile", self.percentile, low=0, high=100))
         self._set("min_observations",
-                  number("min_observations", self.min_observations, low=1, integer=True))
+                  number("min_observations", self.min_observations, low=1, high=10_000, integer=True))
 
     @property
     def q(self) -> float:
@@ -601,12 +602,13 @@ class RuntimeSpec(Section):
     chunks: int = 1024
     """Spatial chunk size in output pixels (time is always one chunk)."""
     loader: str = "odc-stac"
-    """``odc-stac`` (default) or ``stackstac`` (needs ``pip install 's2mosaic[stackstac]'``)."""
+    """``odc-stac`` (default) or ``stackstac`` (needs ``pip install 's2mosaic-stream[stackstac]'``)."""
     scheduler: str | None = None
     """None: a new LocalCluster sized to this machine. ``synchronous`` or ``threads``: no
     cluster (dask's local schedulers). Anything else: the address of a running scheduler."""
     cluster: Path | None = None
-    """A cluster profile (YAML, see ``cluster/``): a LocalCluster or dask-jobqueue workers (SLURM,
+    """A cluster profile (YAML, see ``s2mosaic/profiles/``; a bare name such as ``slurm-cpu``
+    selects the packaged one): a LocalCluster or dask-jobqueue workers (SLURM,
     PBS, ...) started for the run and stopped after it. Relative to the spec file. Set this or
     ``scheduler``, not both."""
     n_workers: int | None = None
@@ -662,11 +664,13 @@ class RuntimeSpec(Section):
             raise fail("tile_size", self.tile_size,
                        f"a multiple of runtime.chunks ({c}) so tiles write whole Zarr chunks, "
                        f"e.g. {c * max(1, self.tile_size // c)} or {c * (self.tile_size // c + 1)}")
-        self._set("cluster", opt_path("cluster", self.cluster))
+        cluster = opt_path("cluster", self.cluster)
+        self._set("cluster", None if cluster is None else resolve_profile(cluster))
         if self.cluster is not None:
             if self.cluster.suffix.lower() not in (".yaml", ".yml"):
                 raise fail("cluster", str(self.cluster),
-                            "expected a cluster profile YAML file such as cluster/slurm-cpu.yaml")
+                            "expected a cluster profile YAML file, or a packaged profile by name: "
+                            f"{', '.join(PACKAGED_PROFILES)}")
             if self.scheduler is not None:
                 raise fail("cluster", str(self.cluster),
                             f"set either scheduler (here {self.scheduler!r}) or cluster, not both")

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from .errors import S2MosaicError
 
@@ -31,13 +33,14 @@ SchedulerOpt = Annotated[
 ]
 ClusterOpt = Annotated[
     Path | None,
-    typer.Option("--cluster", help="Cluster profile (YAML, e.g. cluster/slurm-cpu.yaml): start a "
+    typer.Option("--cluster", help="Cluster profile: a YAML file, or a packaged one by name (local, "
+                 "slurm-cpu, slurm-gpu, pbs; `s2mosaic cluster init` copies one to edit): start a "
                  "LocalCluster or dask-jobqueue workers (SLURM, PBS, ...) for the run. Default: "
                  "the spec's runtime.cluster.", show_default=False),
 ]
 
-ProfileArg = Annotated[Path, typer.Argument(help="Cluster profile (YAML), e.g. "
-                                            "cluster/slurm-gpu.yaml.", show_default=False)]
+ProfileArg = Annotated[Path, typer.Argument(help="Cluster profile: a YAML file, or a packaged "
+                                            "one by name, e.g. slurm-gpu.", show_default=False)]
 
 
 def _flag(*decls: str, help: str) -> Any:
@@ -46,7 +49,8 @@ def _flag(*decls: str, help: str) -> Any:
 
 
 def _fail(e: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {e}")
+    # Messages quote values such as [10.0, 46.0, ...]: print them as text, never as Rich markup.
+    console.print(Text.assemble(("error:", "bold red"), " ", str(e)))
     return typer.Exit(code=2)
 
 
@@ -105,13 +109,13 @@ def search(spec_path: SpecArg,
     band_key = spec.bands[0]
     for i in items:
         cc = i.properties.get("eo:cloud_cover")
-        table.add_row(i.id, str(item_datetime(i))[:19], mgrs_tile(i) or "?",
+        table.add_row(Text(i.id), str(item_datetime(i))[:19], escape(mgrs_tile(i) or "?"),
                       f"{cc:.1f}" if isinstance(cc, int | float) else "?",
                       format_baseline(i).replace("unknown", "?"),
                       str(boa_offset(i, resolve_band(i, band_key))))
     out.print(table)
     for d in items.dropped:
-        out.print(f"[dim]dropped {d.id}: {d.reason}[/]")
+        out.print(Text(f"dropped {d.id}: {d.reason}", style="dim"))
 
 
 def _execute(spec: MosaicSpec, resume: bool = False, runner: Any = None) -> None:
@@ -137,7 +141,7 @@ def _execute(spec: MosaicSpec, resume: bool = False, runner: Any = None) -> None
                           + f" → {info['store']} ({info['limit']} tile(s) at a time)")
         elif name == "tiles" and info["failed"]:
             for key, err in info["failed"].items():
-                console.print(f"[red]tile {key} failed:[/] {err}")
+                console.print(Text.assemble((f"tile {key} failed:", "red"), f" {err}"))
 
     try:
         report = (runner or do_run)(spec, progress=True, on_stage=on_stage, resume=resume)
@@ -257,7 +261,8 @@ def preview(
         out.print(str(path))
 
 
-cluster_app = typer.Typer(help="Cluster profiles (cluster/*.yaml): see what they would submit.",
+cluster_app = typer.Typer(help="Cluster profiles (local, slurm-cpu, slurm-gpu, pbs, or your own "
+                          "YAML): copy one to edit, see what it would submit.",
                           no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
 
@@ -272,6 +277,33 @@ def cluster_script(profile: ProfileArg) -> None:
     except S2MosaicError as e:
         raise _fail(e) from None
     typer.echo(script)
+
+
+@cluster_app.command("init")
+def cluster_init(
+    name: Annotated[str, typer.Argument(help="Packaged profile: local, slurm-cpu, slurm-gpu or "
+                                        "pbs.", show_default=False)],
+    dest: Annotated[Path | None, typer.Argument(help="Where to write it (a file, or a directory "
+                                                "for NAME.yaml). Default: ./NAME.yaml.",
+                                                show_default=False)] = None,
+) -> None:
+    """Copy the packaged profile NAME to DEST to edit (refuses to overwrite a file)."""
+    from ._profile import packaged_profile
+
+    try:
+        source = packaged_profile(name)
+    except S2MosaicError as e:
+        raise _fail(e) from None
+    target = Path(f"{name}.yaml") if dest is None else dest
+    if target.is_dir():
+        target = target / f"{name}.yaml"
+    if target.exists():
+        console.print(f"[bold red]error:[/] {target} already exists; not overwriting it: edit it, "
+                      "remove it, or give another DEST")
+        raise typer.Exit(code=2)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(source.read_text())
+    out.print(str(target))
 
 
 @app.command("show-versions")
@@ -416,7 +448,7 @@ def export(
     """Stream a COG (overviews, BIGTIFF when needed) or per-tile COGs + a VRT from a Zarr store,
     without loading it whole."""
     from ._export import export_cog, export_tiles
-    from ._run import interactive
+    from ._raster import interactive
 
     if cog is None and tiles_dir is None:
         raise typer.BadParameter("give --cog and/or --tiles", param_hint="--cog")

@@ -104,6 +104,11 @@ class ClusterError(S2MosaicError):
     """A cluster could not be started or reached, or its workers never arrived."""
 
 
+#: The distribution's name on PyPI (``pip install s2mosaic`` is another project); the import name
+#: and the command stay ``s2mosaic``.
+DISTRIBUTION = "s2mosaic-stream"
+
+
 class MissingDependencyError(S2MosaicError, ImportError):
     """An optional dependency is not installed; the message gives the pip line that fixes it."""
 
@@ -112,7 +117,7 @@ class MissingDependencyError(S2MosaicError, ImportError):
         self.extra = extra
         super().__init__(
             f"{feature} needs the optional package {package!r}, which is not installed. "
-            f"Install it with: pip install 's2mosaic[{extra}]'"
+            f"Install it with: pip install '{DISTRIBUTION}[{extra}]'"
         )
 
 

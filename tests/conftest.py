@@ -51,7 +51,7 @@ def dask_client() -> Iterator[object]:
 @pytest.fixture
 def cupy_gpu() -> object:
     """CuPy with a usable CUDA device, else skip with the reason."""
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: pip install 's2mosaic[gpu]'")
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: pip install 's2mosaic-stream[gpu]'")
     try:
         n_devices = cupy.cuda.runtime.getDeviceCount()
     except Exception as err:  # CUDARuntimeError without a driver

@@ -48,7 +48,7 @@ from s2mosaic.errors import ClusterError, GPUFallbackWarning, SpecError
 from .oracle import assert_identical_outputs
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILES = REPO / "cluster"
+PROFILES = REPO / "s2mosaic" / "profiles"
 PARTITION = os.environ.get("SLURM_PARTITION", "debug")
 
 
@@ -543,3 +543,27 @@ def test_profile_replace_and_with_options_validate() -> None:
     q = p.with_options(queue="short", job_extra_directives=["--qos=low"], account=None)
     assert q.options["queue"] == "short" and q.options["job-extra-directives"] == ["--qos=low"]
     assert "account" not in q.options and q.source == p.source
+
+
+def test_cluster_init_copies_a_packaged_profile_and_never_overwrites(tmp_path: Path) -> None:
+    runner = CliRunner()
+    dest = tmp_path / "mine.yaml"
+    res = runner.invoke(app, ["cluster", "init", "slurm-cpu", str(dest)])
+    assert res.exit_code == 0, res.output
+    assert dest.read_text() == (PROFILES / "slurm-cpu.yaml").read_text()
+    dest.write_text("# edited\n")
+    res = runner.invoke(app, ["cluster", "init", "slurm-cpu", str(dest)])
+    assert res.exit_code == 2 and "already exists" in res.output
+    assert dest.read_text() == "# edited\n"
+    res = runner.invoke(app, ["cluster", "init", "kubernetes", str(tmp_path)])
+    assert res.exit_code == 2 and "slurm-cpu" in res.output
+
+
+def test_a_bare_profile_name_is_the_packaged_one(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_profile("slurm-gpu").to_yaml() == load_profile(PROFILES / "slurm-gpu.yaml").to_yaml()
+    rt = RuntimeSpec(cluster=tmp_path / "pbs")  # as `--cluster pbs` resolves it
+    assert rt.cluster == PROFILES / "pbs.yaml"
+    (tmp_path / "pbs.yaml").write_text("s2mosaic: {cluster: local}\n")
+    assert RuntimeSpec(cluster=tmp_path / "pbs.yaml").cluster == tmp_path / "pbs.yaml"

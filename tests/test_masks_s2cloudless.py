@@ -30,7 +30,7 @@ from s2mosaic.masks.s2cloudless import s2cloudless_clouds, s2cloudless_probabili
 
 from .oracle import aoi_inside, place, read_native, reduce
 
-pytest.importorskip("s2cloudless", reason="s2cloudless not installed (pip install 's2mosaic[s2cloudless]')")
+pytest.importorskip("s2cloudless", reason="s2cloudless not installed (pip install 's2mosaic-stream[s2cloudless]')")
 
 CHUNK = 32
 

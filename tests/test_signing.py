@@ -224,7 +224,7 @@ def test_planetary_computer_without_the_package(served: Served,
     signer.cache_clear()
     with pytest.raises(MissingDependencyError) as e:
         _run_spec(served.http, Path("unused"), sign="planetary-computer")
-    assert str(e.value).endswith("Install it with: pip install 's2mosaic[pc]'")
+    assert str(e.value).endswith("Install it with: pip install 's2mosaic-stream[pc]'")
     assert "source.sign: planetary-computer" in str(e.value)
     signer.cache_clear()
 
