@@ -18,14 +18,14 @@ import pytest
 
 import s2mosaic
 from s2mosaic import _cluster
+from s2mosaic._profile import packaged_profile
 from s2mosaic._spec import MosaicSpec
 from s2mosaic.demo import demo_spec
 from s2mosaic.errors import EmptySearchError, WriteError
 
-from .conftest import REPO
 from .test_cluster import _for_this_machine, _squeue, slurm  # noqa: F401 - slurm is a fixture
 
-SLURM_PROFILE = REPO / "cluster" / "slurm-cpu.yaml"
+SLURM_PROFILE = packaged_profile("slurm-cpu")
 #: A corner of the demo AOI: 2 tiles of 64 px, a run of a few seconds.
 SMALL_AOI = [11.995, 47.495, 12.002, 47.5]
 

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from s2mosaic import plan, run, search
 from s2mosaic._plan import SENTINEL2MOSAICS_GB, THROUGHPUT
+from s2mosaic._profile import packaged_profile
 from s2mosaic._spec import MosaicSpec
 from s2mosaic.cli import app
 from s2mosaic.demo import demo_spec
@@ -115,10 +116,10 @@ def test_plan_time_and_cost_model(spec: MosaicSpec) -> None:
     assert t["wall_s"] == pytest.approx(THROUGHPUT.startup_s + expected, rel=1e-3)
     assert t["cost"] == pytest.approx(t["core_hours"] * 0.10, rel=1e-3)
     # A cluster profile sizes the estimate: slurm-cpu.yaml adapts up to its maximum jobs.
-    slurm = plan(spec, cluster=REPO / "cluster" / "slurm-cpu.yaml")
+    slurm = plan(spec, cluster=packaged_profile("slurm-cpu"))
     from s2mosaic._profile import load_profile
 
-    prof = load_profile(REPO / "cluster" / "slurm-cpu.yaml")
+    prof = load_profile(packaged_profile("slurm-cpu"))
     jobs = prof.jobs or (prof.adapt[1] if prof.adapt else 1)
     assert slurm.time["cores"] == int(prof.options["cores"]) * jobs
     with pytest.raises(SpecError, match="cost_per_core_hour"):
