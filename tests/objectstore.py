@@ -242,9 +242,9 @@ def _handler(store: ObjectStore) -> type[http.server.BaseHTTPRequestHandler]:
                 extra = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after else {}
                 return self._status(req, fault.status, "injected", extra)
             if fault is not None and fault.kind == "stall":
+                req.status = -1  # recorded before the wait: tests read the log meanwhile
                 store._stop.wait(fault.stall_s)
                 self.close_connection = True
-                req.status = -1
                 return None
             data = path.read_bytes()
             size = len(data)
@@ -264,6 +264,11 @@ def _handler(store: ObjectStore) -> type[http.server.BaseHTTPRequestHandler]:
                 status = 206
             chunk = data[start:end + 1]
             etag = hashlib.sha256(f"{rel}:{path.stat().st_mtime_ns}:{size}".encode()).hexdigest()
+            # The log entry is complete before a byte leaves: a client that has its answer
+            # never reads an entry still being filled in.
+            req.status = status
+            req.bytes = 0 if not body else len(chunk) if fault is None or fault.kind not in (
+                "reset", "truncate") else len(chunk) // 2
             self.send_response(status)
             self.send_header("Content-Type", "image/tiff" if rel.endswith(".tif")
                              else "application/octet-stream")
@@ -273,14 +278,12 @@ def _handler(store: ObjectStore) -> type[http.server.BaseHTTPRequestHandler]:
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
             self.end_headers()
-            req.status = status
             if not body:
                 return None
             if fault is not None and fault.kind in ("reset", "truncate"):
                 half = chunk[: len(chunk) // 2]
                 self.wfile.write(half)
                 self.wfile.flush()
-                req.bytes = len(half)
                 if fault.kind == "reset":  # RST instead of FIN
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                                struct.pack("ii", 1, 0))
@@ -289,12 +292,12 @@ def _handler(store: ObjectStore) -> type[http.server.BaseHTTPRequestHandler]:
             if fault is not None and fault.kind == "corrupt":
                 chunk = bytes(b ^ 0xFF for b in chunk)
             self.wfile.write(chunk)
-            req.bytes = len(chunk)
             return None
 
         def _status(self, req: Request, code: int, message: str,
                     headers: dict[str, str] | None = None) -> None:
             payload = f"{code} {message}\n".encode()
+            req.status, req.bytes = code, 0
             self.send_response(code)
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
@@ -303,7 +306,6 @@ def _handler(store: ObjectStore) -> type[http.server.BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(payload)
-            req.status, req.bytes = code, 0
 
     return Handler
 
