@@ -17,6 +17,8 @@ from s2mosaic.cli import app
 from s2mosaic.demo import demo_spec
 from s2mosaic.errors import S2MosaicError, SearchError, SpecError
 
+from .test_spec import DELETE, spec_dict
+
 # -- malformed items ------------------------------------------------------------------------------
 Edit = Callable[[dict[str, Any]], None]
 
@@ -142,38 +144,13 @@ def test_features_not_a_list_is_a_search_error(tmp_path: Path) -> None:
 
 
 # -- bad specs ------------------------------------------------------------------------------------
-BBOX = [10.04, 46.064, 10.045, 46.068]
-BASE: dict[str, Any] = {
-    "aoi": BBOX,
-    "period": {"start": "2017-07-01", "end": "2019-07-31"},
-    "source": {"stac": "/data/s2/catalog.json"},
-    "bands": ["red", "green", "blue", "nir"],
-    "output": {"zarr": "/out/mosaic.zarr"},
-}
-
-
-def _spec(**changes: Any) -> dict[str, Any]:
-    d = copy.deepcopy(BASE)
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        target = d
-        for p in parents:
-            target = target.setdefault(p, {})
-        if value is _DELETE:
-            target.pop(leaf, None)
-        else:
-            target[leaf] = value
-    return d
-
-
-_DELETE = object()
 SELF_INTERSECTING = {"type": "Polygon", "coordinates": [[[10.0, 46.0], [10.01, 46.01],
                                                           [10.01, 46.0], [10.0, 46.01],
                                                           [10.0, 46.0]]]}
 
 # (changes, a field the message must name)
 SPEC_CASES: dict[str, tuple[dict[str, Any], str]] = {
-    "aoi-missing": ({"aoi": _DELETE}, "aoi"),
+    "aoi-missing": ({"aoi": DELETE}, "aoi"),
     "aoi-number": ({"aoi": 5}, "aoi"),
     "aoi-three-numbers": ({"aoi": [1.0, 2.0, 3.0]}, "aoi"),
     "aoi-strings": ({"aoi": ["a", "b", "c", "d"]}, "aoi"),
@@ -185,13 +162,13 @@ SPEC_CASES: dict[str, tuple[dict[str, Any], str]] = {
         [[10.0, 46.0], [10.1, 46.1], [10.2, 46.2], [10.0, 46.0]]]}}, "aoi"),
     "aoi-missing-file": ({"aoi": "/nope/aoi.geojson"}, "aoi"),
     "aoi-whole-globe-10m": ({"aoi": [-180, -90, 180, 90]}, "grid"),
-    "period-missing": ({"period": _DELETE}, "period"),
+    "period-missing": ({"period": DELETE}, "period"),
     "period-bad-date": ({"period.start": "2019-13-45"}, "period.start"),
     "period-not-a-date": ({"period.start": "yesterday"}, "period.start"),
     "period-reversed": ({"period.start": "2020-01-01", "period.end": "2019-01-01"}, "period"),
     "period-number": ({"period": 2019.5}, "period"),
     "period-bad-month": ({"period.months": [13]}, "period.months"),
-    "source-missing": ({"source": _DELETE}, "source"),
+    "source-missing": ({"source": DELETE}, "source"),
     "source-stac-number": ({"source.stac": 5}, "source.stac"),
     "source-unknown-field": ({"source.colection": "x"}, "colection"),
     "source-cloud-cover-high": ({"source.max_cloud_cover": 150}, "source.max_cloud_cover"),
@@ -232,7 +209,7 @@ SPEC_CASES: dict[str, tuple[dict[str, Any], str]] = {
 def test_bad_spec_is_a_spec_error_naming_the_field(name: str) -> None:
     changes, fieldname = SPEC_CASES[name]
     with pytest.raises(SpecError) as e:
-        s2mosaic.MosaicSpec.from_dict(_spec(**changes))
+        s2mosaic.MosaicSpec.from_dict(spec_dict(**changes))
     assert fieldname in str(e.value), str(e.value)
 
 
@@ -240,18 +217,18 @@ def test_garbage_gpkg_aoi_names_the_file(tmp_path: Path) -> None:
     gpkg = tmp_path / "aoi.gpkg"
     gpkg.write_bytes(b"this is not a geopackage\x00\x01")
     with pytest.raises(SpecError, match=r"aoi.*aoi\.gpkg.*GeoPackage"):
-        s2mosaic.MosaicSpec.from_dict(_spec(aoi=str(gpkg)))
+        s2mosaic.MosaicSpec.from_dict(spec_dict(aoi=str(gpkg)))
 
 
 def test_garbage_geojson_aoi_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "aoi.geojson"
     path.write_text("{not json")
     with pytest.raises(SpecError, match=r"aoi.*aoi\.geojson"):
-        s2mosaic.MosaicSpec.from_dict(_spec(aoi=str(path)))
+        s2mosaic.MosaicSpec.from_dict(spec_dict(aoi=str(path)))
 
 
 def test_self_intersecting_aoi_is_repaired_to_a_valid_area() -> None:
-    spec = s2mosaic.MosaicSpec.from_dict(_spec(aoi=SELF_INTERSECTING))
+    spec = s2mosaic.MosaicSpec.from_dict(spec_dict(aoi=SELF_INTERSECTING))
     assert spec.aoi.geometry.is_valid and spec.aoi.geometry.area > 0
 
 
@@ -269,7 +246,7 @@ def test_bad_yaml_is_a_spec_error(text: str, tmp_path: Path) -> None:
 def test_cli_plan_of_a_bad_spec_exits_2_with_the_message(name: str, tmp_path: Path) -> None:
     changes, fieldname = SPEC_CASES[name]
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(_spec(**changes)))
+    path.write_text(yaml.safe_dump(spec_dict(**changes)))
     res = CliRunner().invoke(app, ["plan", str(path)])
     assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output and not isinstance(res.exception, S2MosaicError)
@@ -280,13 +257,13 @@ def test_cli_plan_of_a_bad_spec_exits_2_with_the_message(name: str, tmp_path: Pa
 def test_cli_prints_messages_verbatim(tmp_path: Path) -> None:
     """Rich markup must not eat ``[1.0, 2.0]`` (or ``[bold]``) in a message."""
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(_spec(aoi=[1.0, 2.0])))
+    path.write_text(yaml.safe_dump(spec_dict(aoi=[1.0, 2.0])))
     with pytest.raises(SpecError) as e:
         s2mosaic.MosaicSpec.from_yaml(path)
     assert "[1.0, 2.0]" in str(e.value)
     res = CliRunner().invoke(app, ["plan", str(path)])
     assert res.exit_code == 2
     assert "[1.0, 2.0]" in " ".join(res.output.split())
-    path.write_text(yaml.safe_dump(_spec(bands=["[bold]red", "[bold]red"])))
+    path.write_text(yaml.safe_dump(spec_dict(bands=["[bold]red", "[bold]red"])))
     res = CliRunner().invoke(app, ["plan", str(path)])
     assert "[bold]red" in " ".join(res.output.split())

@@ -51,15 +51,23 @@ BASE: dict[str, Any] = {
 }
 
 
+#: A value for :func:`spec_dict` that removes the field.
+DELETE = object()
+
+
 def spec_dict(**changes: Any) -> dict[str, Any]:
-    """A copy of BASE with dotted-path changes: ``spec_dict(**{"composite.method": "mean"})``."""
+    """A copy of BASE with dotted-path changes: ``spec_dict(**{"composite.method": "mean"})``;
+    a value of :data:`DELETE` removes the field."""
     d = copy.deepcopy(BASE)
     for dotted, value in changes.items():
         *parents, leaf = dotted.split(".")
         target = d
         for p in parents:
             target = target.setdefault(p, {})
-        target[leaf] = value
+        if value is DELETE:
+            target.pop(leaf, None)
+        else:
+            target[leaf] = value
     return d
 
 
