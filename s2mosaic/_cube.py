@@ -39,7 +39,7 @@ from ._items import (
     scl_asset_key,
     solar_day,
 )
-from ._sign_readers import SigningRioDriver, stackstac_reader
+from ._readers import AssetRioDriver, stackstac_reader
 from ._spec import MosaicSpec, RuntimeSpec
 from .errors import CubeError, DataError, MissingDependencyError
 
@@ -236,9 +236,10 @@ def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | Non
             resampling={"*": spec.grid.resampling, **({scl: "nearest"} if scl else {})},
             fail_on_error=True,
             stac_cfg=stac_cfg,
-            # source.sign: each read task signs its own href (not patch_url, which odc-stac
-            # applies while building the graph: the tokens would be baked in and expire).
-            driver=None if spec.source.sign == "none" else SigningRioDriver(spec.source.sign),
+            # Every failed read names its URL (SceneReadError); with source.sign each read task
+            # signs its own href (not patch_url, which odc-stac applies while building the
+            # graph: the tokens would be baked in and expire).
+            driver=AssetRioDriver(spec.source.sign),
         )
     rename = {key: name for name, key in keys.items()}
     if scl:
@@ -263,8 +264,9 @@ def _load_stackstac(items: Sequence[pystac.Item], keys: dict[str, str], scl: str
     res = geobox.resolution
     b = geobox.boundingbox
     env = stackstac.DEFAULT_GDAL_ENV.updated(always=gdal_settings(spec.runtime))
-    # source.sign: a reader that signs at each read (the graph holds the unsigned hrefs).
-    reader = {} if spec.source.sign == "none" else {"reader": stackstac_reader(spec.source.sign)}
+    # A reader whose failures name the URL, and which signs at each read with source.sign (the
+    # graph holds the unsigned hrefs).
+    reader = {"reader": stackstac_reader(spec.source.sign)}
     layers: dict[str, xr.DataArray] = {}
     assets = {**keys, **({SCL_VAR: scl} if scl else {})}
     plain = [_plain_item(item) for item in items]

@@ -30,7 +30,7 @@ import socket
 import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ RUN_GROUP = "s2mosaic_run"
 FORMAT = 1
 #: Runtime fields that do not change the pixels written (so they may differ on resume).
 _SCHEDULING = ("scheduler", "cluster", "n_workers", "threads_per_worker", "max_tiles_in_flight",
-               "retries", "read_timeout_s", "connect_timeout_s", "read_retries", "read_backoff_s")
+               "retries", "read_timeout_s", "connect_timeout_s", "read_retries", "read_backoff_s",
+               "on_read_error")
 
 
 def block_digest(name: str, origin: Sequence[int], block: np.ndarray) -> str:
@@ -109,13 +110,17 @@ class TileRecord:
 
     tile: str
     status: str
-    """``done`` (computed from items) or ``empty`` (no item or no AOI pixel: written as nodata)."""
+    """``done`` (computed from items), ``empty`` (no item or no AOI pixel: written as nodata) or
+    ``degraded`` (computed without the scenes in :attr:`dropped`, which could not be read)."""
     digest: str
     chunks: int
     bytes: int
     items: int
     seconds: float
     attempts: int
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    """The scenes left out of a ``degraded`` tile: ``item``, ``asset``, ``url``, ``error`` and
+    ``pixels`` (the tile's pixels inside the AOI that the scene's footprint covers)."""
 
 
 class Manifest:
@@ -204,7 +209,7 @@ class Manifest:
     def finished(self) -> dict[str, TileRecord]:
         """Finished tiles by key (the last record of a tile wins)."""
         fields = TileRecord.__dataclass_fields__
-        return {rec["tile"]: TileRecord(**{k: rec[k] for k in fields})
+        return {rec["tile"]: TileRecord(**{k: rec[k] for k in fields if k in rec})
                 for rec in self._lines()[1:] if rec.get("kind") == "tile"}
 
     def items(self) -> SearchResult:
@@ -265,16 +270,16 @@ class RunLock:
                     return
                 if _alive(owner) is not False:
                     raise self._held(owner) from None
-                warnings.warn(f"{self.store}: taking over the lock of a run that is gone "
-                              f"({_who(owner)}; pid {owner.get('pid')} no longer exists)",
-                              UserWarning, stacklevel=3)
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
+                if self._take_over(owner):
+                    warnings.warn(f"{self.store}: took over the lock of a run that is gone "
+                                  f"({_who(owner)}; pid {owner.get('pid')} no longer runs)",
+                                  UserWarning, stacklevel=3)
                 continue
             except OSError as e:
                 raise WriteError(f"locking {self.store} ({self.path}) failed: {e} "
                                  f"({free_space(self.path)})") from e
             record = {"host": socket.gethostname(), "pid": os.getpid(),
+                      "pid_start": _started(os.getpid()),
                       "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                       "command": self.command, "token": self.token}
             try:
@@ -290,6 +295,27 @@ class RunLock:
             return
         raise WriteError(f"{self.store}: could not take the lock {self.path} (other runs keep "
                          "taking it); try again")
+
+    def _take_over(self, stale: Mapping[str, Any]) -> bool:
+        """Remove the lock ``stale`` (read before, its process gone) - only that one: a rename
+        moves whatever lock is there aside, and a lock that is not ``stale`` (another run took
+        the stale one over meanwhile and locked) is put back. Whether ``stale`` was removed."""
+        aside = self.path.with_name(f"lock.{self.token}.stale")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return False  # released or taken over meanwhile: look again
+        try:
+            moved = json.loads(aside.read_text())
+        except (OSError, ValueError):
+            moved = {}
+        if isinstance(moved, dict) and moved.get("token") == stale.get("token"):
+            aside.unlink(missing_ok=True)
+            return True
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, self.path)  # back, unless yet another run has locked since
+        aside.unlink(missing_ok=True)
+        return False
 
     def release(self) -> None:
         """Remove the lock if this run holds it (a lock another run took over is left)."""
@@ -325,18 +351,31 @@ def _who(owner: Mapping[str, Any]) -> str:
 
 def _alive(owner: Mapping[str, Any]) -> bool | None:
     """Whether the lock's process runs: None where that cannot be told (another host, or an
-    unreadable lock)."""
+    unreadable lock). A pid now used by another process (its start time is not the one the
+    lock recorded) is a process that is gone."""
     if not owner or owner.get("host") != socket.gethostname():
         return None
     try:
-        os.kill(int(owner["pid"]), 0)
+        pid = int(owner["pid"])
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by another user
-        return True
+        pass
     except (KeyError, TypeError, ValueError, OSError):
         return None
-    return True
+    recorded, now = owner.get("pid_start"), _started(pid)
+    return not (recorded is not None and now is not None and recorded != now)
+
+
+def _started(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc``; None
+    elsewhere): with the pid, it names one process even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, after "comm"
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 # -- writing that survives a full disk ---------------------------------------------------------

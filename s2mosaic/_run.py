@@ -50,6 +50,7 @@ from odc.geo.xr import xr_zeros
 from . import _raster, _write
 from ._cluster import client_source, make_client, quiet_rasterio, quiet_workers
 from ._cube import clear_read_cache, observation_count
+from ._drops import SceneDrops, dropped_scenes
 from ._grid import Tile, output_geobox, tiles
 from ._manifest import (
     Manifest,
@@ -69,7 +70,7 @@ from ._select import apply_selection
 from ._spec import MosaicSpec, OutputSpec
 from ._stacout import product_items
 from ._tiles import Pending, TileGraph, TileGrid, TileLoop, block_writes, tile_arrays
-from .errors import RunError, WriteError
+from .errors import ArgumentError, DroppedScenesWarning, RunError, WriteError
 from .masks import context_pixels
 
 __all__ = ["MosaicProduct", "Product", "RunReport", "dated", "execute", "export_rasters", "run"]
@@ -98,10 +99,13 @@ class RunReport:
     initialised, finished tiles verified), ``tiles_s`` (of which ``graphs_s`` building tile
     graphs), ``products_s`` (COG / RGB exports and the metadata)."""
     status: str = "complete"
-    """``complete``, or ``failed`` when tiles failed after their retries."""
+    """``complete``; ``degraded``: complete, with scenes that could not be read left out of
+    some tiles (:attr:`scenes_dropped`; ``runtime.on_read_error: skip``); or ``failed`` when
+    tiles failed after their retries."""
     tiles: dict[str, int] = field(default_factory=dict)
     """Counts: ``total``, ``computed`` (this run), ``resumed`` (finished before and verified),
-    ``empty`` (no item or no AOI pixel: written as nodata), ``failed``, ``retried``."""
+    ``empty`` (no item or no AOI pixel: written as nodata), ``degraded`` (in the store now:
+    computed without scenes that could not be read), ``failed``, ``retried``."""
     failed_tiles: dict[str, str] = field(default_factory=dict)
     """Tile key → the last error, for tiles that failed after their retries."""
     retry_wait_s: float = 0.0
@@ -119,13 +123,22 @@ class RunReport:
     """Size of the Zarr store on disk."""
     kind: str = "mosaic"
     """What was computed: ``mosaic`` (:func:`run`), ``series`` or ``gapfill``."""
+    scenes_dropped: list[dict[str, Any]] = field(default_factory=list)
+    """The scenes left out of degraded tiles because they could not be read, one entry per
+    item and asset: ``item``, ``asset``, ``url``, ``error``, ``tiles`` and ``pixels`` (of those
+    tiles, inside the AOI, that the scene's footprint covers). Also in ``metadata.json``."""
+
+    @property
+    def scenes_dropped_count(self) -> int:
+        """How many scenes (items) were left out of at least one tile."""
+        return len({d["item"] for d in self.scenes_dropped})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
 
 
 def run(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None, client: Any = None,
-        progress: bool = False, resume: bool = False,
+        progress: bool = False, resume: bool = False, retry_dropped: bool = False,
         on_stage: Callable[[str, dict[str, Any]], None] | None = None) -> RunReport:
     """Search, then build and write the mosaic of ``spec`` tile by tile on its Dask runtime.
 
@@ -147,6 +160,10 @@ def run(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None, client:
         their recorded digests and skipped, the others computed. The store's recorded items
         are reused (not searched again); a store made from a different spec is refused. With no
         store yet, the run starts from scratch.
+    retry_dropped
+        With ``resume``: compute the ``degraded`` tiles again too, from all their items - the
+        scenes an earlier run could not read are read again (byte-identical to a run that never
+        lost them, once they read).
     on_stage
         ``on_stage(name, info)`` after each stage (``search``, ``cluster``, ``plan``,
         ``tiles``); the CLI prints from it. The output and resume checks and the search come
@@ -157,7 +174,10 @@ def run(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None, client:
     RunReport
         Also written to ``<output stem>.report.json``. When tiles fail after
         ``runtime.retries`` retries the others still finish, the report is written, and
-        :class:`~s2mosaic.errors.RunError` is raised (rerun with ``resume=True``).
+        :class:`~s2mosaic.errors.RunError` is raised (rerun with ``resume=True``). Scenes that
+        cannot be read are, under ``runtime.on_read_error: skip`` (the default), left out of the
+        tiles they touch: the run completes with ``status`` ``degraded``, names them in
+        ``scenes_dropped`` and warns (:class:`~s2mosaic.errors.DroppedScenesWarning`).
 
     Examples
     --------
@@ -167,20 +187,25 @@ def run(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None, client:
     >>> run(MosaicSpec.from_yaml("my-area.yaml"), resume=True)  # after an interruption  # doctest: +SKIP
     """
     return execute(spec, MosaicProduct(spec), items=items, client=client, progress=progress,
-                   resume=resume, on_stage=on_stage)
+                   resume=resume, retry_dropped=retry_dropped, on_stage=on_stage)
 
 
 def execute(spec: MosaicSpec, product: Product, *, items: Sequence[pystac.Item] | None = None,
             client: Any = None, progress: bool = False, resume: bool = False,
+            retry_dropped: bool = False,
             on_stage: Callable[[str, dict[str, Any]], None] | None = None) -> RunReport:
     """Run ``product`` of ``spec`` tile by tile: what :func:`run`,
     :func:`s2mosaic.run_series` and :func:`s2mosaic.run_gapfill` share (the arguments are
     :func:`run`'s), with the start/completion/failure notifications around it."""
+    if retry_dropped and not resume:
+        raise ArgumentError("retry_dropped=True (--retry-dropped) reads again the scenes a run "
+                            "dropped from its store's tiles: pass resume=True (--resume) too")
     notifier = Notifier.from_env()
     notifier.started(spec.name, cluster=client_source(spec.runtime, client),
                      outputs={k: getattr(spec.output, k) for k in ("zarr", "cog", "rgb")})
     try:
-        runner = _Run(spec, product, resume, progress, on_stage or (lambda _n, _i: None))
+        runner = _Run(spec, product, resume, progress, on_stage or (lambda _n, _i: None),
+                      retry_dropped=retry_dropped)
         try:
             report = runner.execute(items, client)
         finally:  # also on failure and Ctrl-C: the store is free for the next run
@@ -189,7 +214,18 @@ def execute(spec: MosaicSpec, product: Product, *, items: Sequence[pystac.Item] 
         notifier.failed(spec.name, e)
         raise
     notifier.completed(spec.name, asdict(report))
+    if report.scenes_dropped:
+        warnings.warn(f"{spec.name}: complete with {report.scenes_dropped_count} scene(s) "
+                      f"dropped that could not be read ({_scenes_line(report)}); the report lists "
+                      "them with their tiles. Once they can be read, rerun with resume=True, "
+                      "retry_dropped=True (--resume --retry-dropped) to add them",
+                      DroppedScenesWarning, stacklevel=3)
     return report
+
+
+def _scenes_line(report: RunReport, most: int = 3) -> str:
+    items = list(dict.fromkeys(d["item"] for d in report.scenes_dropped))
+    return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
 def report_path(output: OutputSpec) -> Path:
@@ -503,16 +539,19 @@ class _Run:
     (:class:`s2mosaic._tiles.TileLoop`), the exports and the report."""
 
     def __init__(self, spec: MosaicSpec, product: Product, resume: bool, progress: bool,
-                 notify: Callable[[str, dict[str, Any]], None]) -> None:
+                 notify: Callable[[str, dict[str, Any]], None], *,
+                 retry_dropped: bool = False) -> None:
         self.out = _Store(spec, product, resume)
+        self.retry_dropped = retry_dropped
         self.store = self.out.path
         self.spec, self.product, self.resume, self.progress = spec, product, resume, progress
         self.notify = notify
         self.chunk = spec.runtime.chunks
         self.t0 = time.time()
         self.stages: dict[str, float] = {}
-        self.counts = dict.fromkeys(("total", "computed", "resumed", "empty", "failed",
-                                     "retried"), 0)
+        self.counts = dict.fromkeys(("total", "computed", "resumed", "empty", "degraded",
+                                     "failed", "retried"), 0)
+        self.scenes: list[dict[str, Any]] = []
         self.failed: dict[str, str] = {}
         self.retry_wait_s = 0.0
         self.max_tasks = 0
@@ -525,6 +564,7 @@ class _Run:
         # before the cluster: no worker job is queued for a run that cannot start.
         self.items, self.grid = self.out.open(items)
         self.gbox = self.grid.gbox
+        self.drops = SceneDrops(self.items, self.grid.aoi, self.spec.runtime.on_read_error)
         self.observations = observation_count(self.items, self.spec)
         self.stages["search_s"] = round(time.time() - self.t0, 3)
         self.notify("search", {"items": self.items})
@@ -553,7 +593,7 @@ class _Run:
             t3 = time.time()
             outputs = self._exports()
             self.stages["products_s"] = round(time.time() - t3, 3)
-        return self._report(outputs, "complete")
+        return self._report(outputs, "degraded" if self.scenes else "complete")
 
     def _failure(self) -> RunError:
         try:
@@ -571,6 +611,8 @@ class _Run:
     def _todo(self) -> list[Tile]:
         """Tiles still to compute: all but the finished ones that check out."""
         good = self.out.finished(self.grid, self._compute_all)
+        if self.retry_dropped:  # their dropped scenes are read again, with the others
+            good = {k: r for k, r in good.items() if r.status != "degraded"}
         self.counts.update(total=len(self.grid.tiles), resumed=len(good),
                            empty=sum(1 for r in good.values() if r.status == "empty"))
         return [t for t in self.grid.tiles if t.key not in good]
@@ -592,7 +634,7 @@ class _Run:
     def _run_tiles(self, todo: list[Tile]) -> None:
         loop = TileLoop(self.client, self.limit, self.spec.runtime.retries, self._tile_graph,
                         self._record, backoff_s=self.spec.runtime.read_backoff_s,
-                        reset=clear_read_cache)
+                        reset=clear_read_cache, salvage=self._salvage)
         read0 = _bytes_read(self.client)
         t1 = time.time()
         with _progress(self.progress and bool(todo), len(self.grid.tiles),
@@ -604,12 +646,18 @@ class _Run:
         self.bytes_read = None if read0 is None or read1 is None else max(0, read1 - read0)
         self.failed, self.max_tasks = loop.failed, loop.max_tasks
         self.retry_wait_s = round(loop.retry_wait_s, 3)
-        self.counts.update(retried=loop.retried, failed=len(loop.failed))
-        self.notify("tiles", {"counts": dict(self.counts), "failed": dict(self.failed)})
+        final = self.out.manifest.finished()  # with the tiles of earlier runs of this store
+        self.scenes = dropped_scenes(final[t.key] for t in self.grid.tiles if t.key in final)
+        self.counts.update(retried=loop.retried, failed=len(loop.failed),
+                           degraded=sum(1 for t in self.grid.tiles
+                                        if t.key in final and final[t.key].status == "degraded"))
+        self.notify("tiles", {"counts": dict(self.counts), "failed": dict(self.failed),
+                              "scenes_dropped": list(self.scenes)})
 
     def _tile_graph(self, tile: Tile) -> TileGraph:
         """The delayed writes of one tile: its product on its context box, cut to the tile."""
-        items = self.grid.touching(tile)
+        left_out = self.drops.excluded(tile)
+        items = [i for i in self.grid.touching(tile) if i.id not in left_out]
         ds = None
         if items:
             box = self.grid.context(tile)[0]
@@ -619,11 +667,22 @@ class _Run:
         graph, tasks = block_writes(arrays, str(self.store), tile)
         return TileGraph(graph, tasks, len(items), not items)
 
+    def _salvage(self, tile: Tile, error: BaseException) -> bool:
+        """Whether ``tile``, failed after its retries with ``error``, is computed again without
+        the scene that could not be read (``runtime.on_read_error: skip``)."""
+        dropped = self.drops.take(tile, self.grid.touching(tile), error)
+        if dropped is not None:
+            self.notify("dropped", {"tile": tile.key, **dropped})
+        return dropped is not None
+
     def _record(self, p: Pending, result: list[tuple[Any, ...]]) -> None:
-        rec = TileRecord(tile=p.tile.key, status="empty" if p.graph.empty else "done",
+        dropped = self.drops.of(p.tile)
+        status = "degraded" if dropped else "empty" if p.graph.empty else "done"
+        rec = TileRecord(tile=p.tile.key, status=status,
                          digest=tile_digest([r[:-1] for r in result]), chunks=len(result),
                          bytes=sum(r[-1] for r in result), items=p.graph.items,
-                         seconds=round(time.time() - p.started, 3), attempts=p.attempt + 1)
+                         seconds=round(time.time() - p.started, 3), attempts=p.attempt + 1,
+                         dropped=dropped)
         self.out.manifest.append(rec)
         self.counts["computed"] += 1
         self.counts["empty"] += p.graph.empty
@@ -643,6 +702,9 @@ class _Run:
         prov["tiling"] = {"tile_size": self.spec.runtime.tile_pixels,
                           "tiles": len(self.grid.tiles), "margin_px": list(self.grid.halo),
                           "store": str(self.store)}
+        # What is missing from the product: scenes left out of tiles because they could not
+        # be read (runtime.on_read_error: skip), with their tiles and pixels.
+        prov["dropped_scenes"] = list(self.scenes)
         record = self.product.record(prov, source, written)
         record["processing_time_s"] = round(time.time() - self.t0, 3)
         record["finished"] = dt.datetime.now(dt.UTC).isoformat()
@@ -670,7 +732,8 @@ class _Run:
             retry_wait_s=self.retry_wait_s,
             tile_size=spec.runtime.tile_pixels, max_tiles_in_flight=self.limit,
             max_tasks_in_flight=self.max_tasks, bytes_read=self.bytes_read,
-            bytes_written=self.bytes_written, kind=self.product.kind)
+            bytes_written=self.bytes_written, kind=self.product.kind,
+            scenes_dropped=list(self.scenes))
         path = report_path(spec.output)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, report.to_json() + "\n", "the run report")

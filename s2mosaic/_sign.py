@@ -4,7 +4,7 @@ A signed URL (a Planetary Computer SAS token, a presigned S3 URL) expires, typic
 hour; a mosaic job can run for days and resume after a kill. So nothing upstream of a read ever
 holds a signed href: the search results, the Dask graph, the run manifest (``items.json``), the
 provenance (``metadata.json``) and the logs carry the hrefs as the catalog gives them, and each
-read task signs its href just before it opens the file (:mod:`s2mosaic._sign_readers`). A token
+read task signs its href just before it opens the file (:mod:`s2mosaic._readers`). A token
 then lives no longer than one read, and a resumed run signs afresh.
 
 ``source.sign`` is ``"none"``, ``"planetary-computer"`` (the ``planetary-computer`` package's

@@ -92,6 +92,8 @@ RESAMPLING_METHODS: tuple[str, ...] = (
     "q3",
 )
 LOADERS: tuple[str, ...] = ("odc-stac", "stackstac")
+#: ``runtime.on_read_error``: drop an unreadable scene from the tile, or fail the tile.
+ON_READ_ERROR: tuple[str, ...] = ("skip", "fail")
 MASK_METHODS: tuple[str, ...] = ("scl", "ocm", "ocm+scl", "s2cloudless", "none")
 #: Scene selection methods (:mod:`s2mosaic._select`).
 SELECT_METHODS: tuple[str, ...] = ("all", "min-cover")
@@ -640,6 +642,13 @@ class RuntimeSpec(Section):
     """Seconds before GDAL's first retry of a request, doubled each retry
     (``GDAL_HTTP_RETRY_DELAY``; GDAL adds a little jitter): with the defaults GDAL waits about
     1 + 2 + 4 + 8 + 16 s, riding out half a minute of outage. Also scales the wait before a tile retry (``retries``)."""
+    on_read_error: str = "skip"
+    """What a scene that cannot be read does to a tile, once GDAL's retries (``read_retries``)
+    and the tile's (``retries``) are spent. ``skip``: the scene is dropped from that tile, which
+    completes and is recorded ``degraded`` with the item, asset, URL and error; the report and
+    ``metadata.json`` list every dropped scene with its tiles and pixels, and ``--resume
+    --retry-dropped`` reads them again later. ``fail``: the tile fails (its error names the
+    URL), and the run with it."""
 
     def __post_init__(self) -> None:
         self._set("chunks", number("chunks", self.chunks, low=16, integer=True))
@@ -650,6 +659,7 @@ class RuntimeSpec(Section):
         self._set("read_backoff_s", number("read_backoff_s", self.read_backoff_s, low=0,
                                            high=3600))
         self._set("loader", choice("loader", self.loader, LOADERS))
+        self._set("on_read_error", choice("on_read_error", self.on_read_error, ON_READ_ERROR))
         if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler):
             raise fail("scheduler", self.scheduler,
                         "expected null, 'synchronous', 'threads' or a scheduler address "

@@ -141,6 +141,10 @@ class TileLoop:
     outages longer than its own retries, which an immediate retry would meet again. Before a
     retry starts, ``reset`` runs wherever tiles compute (each worker, or this process): the
     runner passes one that makes GDAL forget the files it failed to open.
+
+    A tile whose retries are spent is handed to ``salvage`` with its last error: when that
+    returns True (the runner dropped an unreadable scene from the tile), the tile starts again
+    at once with a fresh count of retries, built anew by ``build``.
     """
 
     client: Any
@@ -150,6 +154,7 @@ class TileLoop:
     record: Callable[[Pending, list[Any]], None]
     backoff_s: float = 1.0
     reset: Callable[[], None] | None = None
+    salvage: Callable[[Tile, BaseException], bool] | None = None
     rng: random.Random = field(default_factory=random.Random)
     retried: int = 0
     retry_wait_s: float = 0.0
@@ -191,6 +196,9 @@ class TileLoop:
             heapq.heappush(self._later, (time.monotonic() + wait, next(self._order), p.tile,
                                          p.attempt + 1))
             return True
+        if self.salvage is not None and self.salvage(p.tile, error):
+            heapq.heappush(self._later, (time.monotonic(), next(self._order), p.tile, 0))
+            return True
         self.failed[p.tile.key] = f"{type(error).__name__}: {error}"[:500]
         return False
 
@@ -226,11 +234,10 @@ class TileLoop:
             self.max_tasks = max(self.max_tasks, p.graph.tasks)
             try:
                 (result,) = dask.compute(p.graph.graph)
+                self.record(p, result)  # a manifest that cannot be written fails the tile
             except Exception as e:  # a tile's failure must not stop the others
                 if self._retry(p, e):
                     continue
-            else:
-                self.record(p, result)
             advance()
 
     def _distributed(self, todo: Sequence[Tile], advance: Callable[[], None]) -> None:
@@ -261,12 +268,11 @@ class TileLoop:
                 for future in batch:
                     p = running.pop(future)
                     try:
-                        result = future.result()
+                        self.record(p, future.result())  # (a failed record fails the tile)
                     except Exception as e:  # a tile's failure must not stop the others
                         if not self._retry(p, e):
                             advance()
                     else:
-                        self.record(p, result)
                         advance()
                     future.release()
                 submit()

@@ -49,6 +49,7 @@ _OBJECTIVE = ("sum_t m_t (x_t - a_t)^2 + damping * sum_t (x_{t+1} - x_t)^2, solv
 
 def run_series(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None,
                client: Any = None, progress: bool = False, resume: bool = False,
+               retry_dropped: bool = False,
                on_stage: Callable[[str, dict[str, Any]], None] | None = None) -> RunReport:
     """Build :func:`s2mosaic.series` of ``spec`` tile by tile and write it: one Zarr with a
     ``time`` dimension in ``output.zarr``, one COG / display product per period where
@@ -64,18 +65,19 @@ def run_series(spec: MosaicSpec, *, items: Sequence[pystac.Item] | None = None,
     >>> run_series(MosaicSpec.from_yaml("monthly.yaml"), resume=True)  # doctest: +SKIP
     """
     return execute(spec, SeriesProduct(spec), items=items, client=client, progress=progress,
-                   resume=resume, on_stage=on_stage)
+                   resume=resume, retry_dropped=retry_dropped, on_stage=on_stage)
 
 
 def run_gapfill(spec: MosaicSpec, params: GapFill | None = None, *,
                 items: Sequence[pystac.Item] | None = None, client: Any = None,
-                progress: bool = False, resume: bool = False,
+                progress: bool = False, resume: bool = False, retry_dropped: bool = False,
                 on_stage: Callable[[str, dict[str, Any]], None] | None = None) -> RunReport:
     """Gap-fill ``spec.period`` (:func:`s2mosaic.gapfill`) tile by tile and write the daily
     (or every-N-day) rasters to ``output.zarr`` (one Zarr with a ``time`` dimension) with the
     provenance sidecar and the run report. Arguments as for :func:`s2mosaic.run`."""
     return execute(spec, GapFillProduct(spec, params or GapFill()), items=items, client=client,
-                   progress=progress, resume=resume, on_stage=on_stage)
+                   progress=progress, resume=resume, retry_dropped=retry_dropped,
+                   on_stage=on_stage)
 
 
 class SeriesProduct:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -118,11 +119,23 @@ def search(spec_path: SpecArg,
         out.print(Text(f"dropped {d.id}: {d.reason}", style="dim"))
 
 
-def _execute(spec: MosaicSpec, resume: bool = False, runner: Any = None) -> None:
+#: Exit code of a run that completed without some scenes it could not read.
+EXIT_DEGRADED = 3
+
+RetryDroppedOpt = Annotated[bool, _flag(
+    "--retry-dropped", help="With --resume: also recompute the tiles an earlier run completed "
+    "without scenes it could not read (degraded), reading those scenes again.")]
+
+
+def _execute(spec: MosaicSpec, resume: bool = False, runner: Any = None,
+             retry_dropped: bool = False) -> None:
     """Run ``runner`` (default :func:`s2mosaic.run`; or a series / gap-fill run with the same
-    arguments) with progress, stage messages and the run report's summary."""
+    arguments) with progress, stage messages and the run report's summary. Exit code 2 when
+    tiles failed, 3 when the run completed with scenes dropped (``runtime.on_read_error:
+    skip``)."""
     from ._run import report_path
     from ._run import run as do_run
+    from .errors import DroppedScenesWarning
 
     def on_stage(name: str, info: dict[str, Any]) -> None:
         if name == "cluster":
@@ -139,18 +152,36 @@ def _execute(spec: MosaicSpec, resume: bool = False, runner: Any = None) -> None
             console.print(f"{kind} {h}×{w} px, {info['observations']} observation(s), "
                           f"{info['tiles']} tile(s)" + (f", {done} already done" if done else "")
                           + f" → {info['store']} ({info['limit']} tile(s) at a time)")
+        elif name == "dropped":
+            console.print(Text.assemble(
+                (f"tile {info['tile']}: dropped scene {info['item']}", "yellow"),
+                f" (asset {info['asset']}, could not read {info['url']}: {info['error']})"))
         elif name == "tiles" and info["failed"]:
             for key, err in info["failed"].items():
                 console.print(Text.assemble((f"tile {key} failed:", "red"), f" {err}"))
 
     try:
-        report = (runner or do_run)(spec, progress=True, on_stage=on_stage, resume=resume)
+        with warnings.catch_warnings():  # said below, with the summary
+            warnings.simplefilter("ignore", DroppedScenesWarning)
+            report = (runner or do_run)(spec, progress=True, on_stage=on_stage, resume=resume,
+                                        retry_dropped=retry_dropped)
     except S2MosaicError as e:
         raise _fail(e) from None
     t = report.tiles
     _report_outputs(report, f": {t['computed']} tile(s) computed, {t['resumed']} resumed, "
                             f"{t['empty']} empty, {t['retried']} retried")
     out.print(f"{'report':>9}: {report_path(spec.output)}")
+    if report.scenes_dropped:
+        for d in report.scenes_dropped:
+            out.print(Text(f"  dropped {d['item']} (asset {d['asset']}) from {len(d['tiles'])} "
+                           f"tile(s), {d['pixels'] if d['pixels'] is not None else '?'} px: "
+                           f"{d['url']}: {d['error']}"))
+        n = report.scenes_dropped_count
+        console.print(Text.assemble(
+            (f"complete with {n} scene{'s' if n != 1 else ''} dropped", "bold yellow"),
+            f" ({t['degraded']} degraded tile(s)); once they can be read, rerun with "
+            "--resume --retry-dropped"))
+        raise typer.Exit(code=EXIT_DEGRADED)
 
 
 @app.command()
@@ -162,6 +193,7 @@ def run(
     resume: Annotated[bool, _flag(
         "--resume", help="Continue an interrupted run: tiles already in the Zarr store (checked "
         "against their digests) are skipped, the rest computed.")] = False,
+    retry_dropped: RetryDroppedOpt = False,
 ) -> None:
     """Build the mosaic of a spec tile by tile and write its outputs (Zarr / COG / display
     product) plus a run report.
@@ -173,7 +205,7 @@ def run(
         spec = _load(spec_path, scheduler, overwrite, cluster)
     except S2MosaicError as e:
         raise _fail(e) from None
-    _execute(spec, resume)
+    _execute(spec, resume, retry_dropped=retry_dropped)
 
 
 @app.command()
@@ -330,6 +362,7 @@ def series(
     resume: Annotated[bool, _flag(
         "--resume", help="Continue an interrupted series: tiles already in the Zarr store "
         "(checked against their digests) are skipped, the rest computed.")] = False,
+    retry_dropped: RetryDroppedOpt = False,
 ) -> None:
     """Build one composite per period of the spec's series.periods (monthly, quarterly, 'every
     N days' or a list) tile by tile into one Zarr with a time dimension, plus a COG per period
@@ -348,7 +381,7 @@ def series(
                       f"({rule if isinstance(rule, str) else 'explicit list'})")
     except S2MosaicError as e:
         raise _fail(e) from None
-    _execute(spec, resume, run_series)
+    _execute(spec, resume, run_series, retry_dropped)
 
 
 @app.command()
@@ -366,6 +399,7 @@ def gapfill(
     resume: Annotated[bool, _flag(
         "--resume", help="Continue an interrupted gap-fill with the same parameters: tiles "
         "already in the Zarr store are skipped, the rest computed.")] = False,
+    retry_dropped: RetryDroppedOpt = False,
 ) -> None:
     """Daily (or every-STEP-day) cloud-free rasters over the spec's period by damped temporal
     interpolation (SpaceEye), computed tile by tile into output.zarr with a time dimension,
@@ -379,7 +413,7 @@ def gapfill(
                          normalise=normalise)
     except S2MosaicError as e:
         raise _fail(e) from None
-    _execute(spec, resume, lambda s, **kw: run_gapfill(s, params, **kw))
+    _execute(spec, resume, lambda s, **kw: run_gapfill(s, params, **kw), retry_dropped)
 
 
 @app.command()

@@ -15,6 +15,7 @@ __all__ = [
     "CoverageError",
     "CubeError",
     "DataError",
+    "DroppedScenesWarning",
     "EmptySearchError",
     "GPUFallbackWarning",
     "HarmonisationWarning",
@@ -22,6 +23,7 @@ __all__ = [
     "ModelWeightsError",
     "RunError",
     "S2MosaicError",
+    "SceneReadError",
     "SearchError",
     "SpecError",
     "UnknownNameError",
@@ -83,6 +85,21 @@ class DataError(S2MosaicError):
     """An item or asset does not carry what the pipeline needs (band, projection, nodata)."""
 
 
+class SceneReadError(DataError):
+    """An asset could not be read (after GDAL's retries of each request): ``url`` is the
+    asset's href (unsigned: never a token), ``error`` what the read raised.
+
+    Under ``runtime.on_read_error: skip`` a run drops that scene from the tile being computed
+    and records it; under ``fail`` the tile fails with this message."""
+
+    def __init__(self, url: str, error: str) -> None:
+        super().__init__(f"could not read {url}: {error}")
+        self.url, self.error = url, error
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # it crosses from workers intact
+        return type(self), (self.url, self.error)
+
+
 class CubeError(S2MosaicError):
     """The lazy cube could not be built for the requested grid and bands."""
 
@@ -132,6 +149,11 @@ class ModelWeightsError(S2MosaicError, FileNotFoundError):
 
 class GPUFallbackWarning(UserWarning):
     """GPU tasks run on CPU because no worker of the cluster has a ``GPU`` resource."""
+
+
+class DroppedScenesWarning(UserWarning):
+    """A run completed without some scenes that could not be read (``runtime.on_read_error:
+    skip``); its report names them, and ``--resume --retry-dropped`` reads them again."""
 
 
 class HarmonisationWarning(UserWarning):

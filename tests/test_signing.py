@@ -152,7 +152,8 @@ def test_unsigned_reads_are_denied(token_env: Served, tmp_path: Path) -> None:
     spec = _run_spec(token_env.http, tmp_path / "unsigned")
     since = len(token_env.store.log)
     with pytest.raises(s2mosaic.errors.RunError):
-        s2mosaic.run(spec.replace(runtime={**dataclasses.asdict(spec.runtime), "retries": 0}))
+        s2mosaic.run(spec.replace(runtime={**dataclasses.asdict(spec.runtime), "retries": 0,
+                                           "on_read_error": "fail"}))
     assert {r.status for r in token_env.store.log[since:]} == {403}
 
 
@@ -200,20 +201,31 @@ def test_killed_run_resumes_with_fresh_tokens(token_env: Served, tmp_path: Path)
 
 def test_a_failed_read_reports_the_unsigned_href(token_env: Served, tmp_path: Path,
                                                  caplog: pytest.LogCaptureFixture) -> None:
-    """GDAL's error quotes the URL it opened; the run's failure record must not."""
+    """GDAL's error quotes the URL it opened; the run's failure record must not - neither a
+    failed tile's (``on_read_error: fail``) nor a dropped scene's (``skip``)."""
     from .objectstore import Fault
 
     served = token_env
     spec = _run_spec(served.http, tmp_path / "failed", sign=SIGN)
-    spec = spec.replace(runtime={**dataclasses.asdict(spec.runtime), "retries": 0})
+    spec = spec.replace(runtime={**dataclasses.asdict(spec.runtime), "retries": 0,
+                                 "on_read_error": "fail"})
     served.store.faults.append(Fault("s1_B04", "status", status=404))
     try:
         with pytest.raises(s2mosaic.errors.RunError) as e:
             s2mosaic.run(spec)
+        skip = _run_spec(served.http, tmp_path / "skipped", sign=SIGN)
+        with pytest.warns(s2mosaic.errors.DroppedScenesWarning):
+            report = s2mosaic.run(skip.replace(runtime={**dataclasses.asdict(skip.runtime),
+                                                        "retries": 0}))
     finally:
         served.store.faults.clear()
     messages = " ".join(e.value.report.failed_tiles.values())
     assert "404" in messages and "token" not in messages
+    assert "could not read http://" in messages  # the URL, unsigned
+    (dropped,) = report.scenes_dropped
+    assert dropped["asset"] == "B04" and "404" in dropped["error"]
+    assert "token" not in json.dumps(report.scenes_dropped) and "?" not in dropped["url"]
+    _no_token_on_disk(tmp_path / "skipped", served.tokens.issued)
     assert not [r for r in caplog.records if "token=" in r.getMessage()]
     _no_token_on_disk(tmp_path / "failed", served.tokens.issued)
 

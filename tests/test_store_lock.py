@@ -22,7 +22,7 @@ import pytest
 
 import s2mosaic
 from s2mosaic import _write
-from s2mosaic._manifest import Manifest, RunLock
+from s2mosaic._manifest import Manifest, RunLock, _started
 from s2mosaic._spec import MosaicSpec
 from s2mosaic.demo import demo_spec
 from s2mosaic.errors import RunError, WriteError
@@ -51,11 +51,13 @@ def _snapshot(spec: MosaicSpec) -> dict[str, bytes]:
     return files
 
 
-def _write_lock(store: Path, pid: int, host: str | None = None) -> Path:
+def _write_lock(store: Path, pid: int, host: str | None = None, token: str = "other",
+                **more: Any) -> Path:
     lock = RunLock(store, "s2mosaic mosaic elsewhere")
     lock.path.write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid,
                                      "since": "2024-01-01T00:00:00+00:00",
-                                     "command": "s2mosaic mosaic elsewhere", "token": "other"}))
+                                     "command": "s2mosaic mosaic elsewhere", "token": token,
+                                     **more}))
     return lock.path
 
 
@@ -120,12 +122,73 @@ def test_a_stale_lock_is_taken_over_held_during_the_run_and_released(
             seen.append(json.loads(lock.read_text()))
 
     _write_lock(spec.output.zarr, _dead_pid())
-    with pytest.warns(UserWarning, match="taking over the lock of a run that is gone"):
+    with pytest.warns(UserWarning, match="took over the lock of a run that is gone"):
         report = s2mosaic.run(spec, resume=True, on_stage=on_stage)
     assert report.status == "complete" and report.tiles["resumed"] == report.tiles["total"]
     assert seen[0]["pid"] == os.getpid() and seen[0]["host"] == socket.gethostname()
     assert "--resume" in seen[0]["command"]
     assert not lock.exists()  # released after success
+    assert_identical_outputs(clean.output, spec.output)
+
+
+def test_a_reused_pid_does_not_keep_a_dead_run_s_lock(demo_catalog: Path, tmp_path: Path,
+                                                      clean: MosaicSpec) -> None:
+    """The lock's pid now belongs to another process (its start time differs from the one the
+    lock recorded): the run that locked is gone, and its lock is taken over."""
+    spec = _finished(clean, demo_catalog, tmp_path / "out")
+    assert spec.output.zarr is not None
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        _write_lock(spec.output.zarr, other.pid, pid_start=1)  # not when `sleep` started
+        with pytest.warns(UserWarning, match=rf"took over the lock .*pid {other.pid} no longer"):
+            report = s2mosaic.run(spec, resume=True)
+        assert report.status == "complete"
+        # The same pid with its true start time is that run, alive: refused.
+        _write_lock(spec.output.zarr, other.pid, pid_start=_started(other.pid))
+        with pytest.raises(WriteError, match="still running"):
+            s2mosaic.run(spec, resume=True)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_taking_over_a_stale_lock_never_removes_a_live_one(tmp_path: Path) -> None:
+    """Two runs find the same stale lock; the first takes it over and locks. The second, acting
+    on what it read before, must not remove the first one's lock (it renames the lock aside,
+    sees it is not the stale one, and puts it back)."""
+    store = tmp_path / "store"
+    (store / "s2mosaic_run").mkdir(parents=True)
+    stale = json.loads(_write_lock(store, _dead_pid(), token="stale").read_text())
+    first, second = RunLock(store, "first"), RunLock(store, "second")
+    with pytest.warns(UserWarning, match="took over"):
+        first.acquire()
+    live = first.path.read_bytes()
+    assert second._take_over(stale) is False  # the race, step by step
+    assert first.path.read_bytes() == live
+    assert [p.name for p in first.path.parent.iterdir()] == ["lock.json"]
+    with pytest.raises(WriteError, match="still running"):
+        second.acquire()
+    first.release()
+    assert not first.path.exists()
+
+
+def test_a_manifest_that_cannot_be_written_fails_the_tile_not_the_run(
+        demo_catalog: Path, tmp_path: Path, clean: MosaicSpec,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec(demo_catalog, tmp_path / "out", read_backoff_s=0.05)
+    real = Manifest.append
+    failures: list[str] = []
+
+    def once(self: Manifest, *records: Any, kind: str = "tile") -> None:
+        if kind == "tile" and not failures:
+            failures.append("x")
+            raise WriteError(f"recording finished tiles in {self.path} failed: disk full")
+        real(self, *records, kind=kind)
+
+    monkeypatch.setattr(Manifest, "append", once)
+    report = s2mosaic.run(spec)
+    assert failures and report.status == "complete" and report.tiles["retried"] == 1
+    assert len(Manifest(spec.output.zarr).finished()) == report.tiles["total"]  # type: ignore[arg-type]
     assert_identical_outputs(clean.output, spec.output)
 
 
