@@ -72,6 +72,9 @@ class JobResult:
     attempt_errors: list[str] = field(default_factory=list)
     """The error of every failed attempt, in order (a retry's error can hide the cause)."""
     outputs: dict[str, str | None] = field(default_factory=dict)
+    scenes_dropped: list[dict[str, Any]] = field(default_factory=list)
+    """Scenes the job's run could not read and left out (``RunReport.scenes_dropped``): the
+    job is done, its outputs lack them until rerun with ``--resume --retry-dropped``."""
 
 
 @dataclass
@@ -98,6 +101,7 @@ class BatchReport:
 
     def table(self) -> Any:
         """A ``rich`` table: job, kind, status, attempts, time, main output or error."""
+        from rich.markup import escape
         from rich.table import Table
 
         done = len(self.jobs) - len(self.failed)
@@ -107,10 +111,13 @@ class BatchReport:
         for col in ("kind", "status", "attempts", "time s", "output / error"):
             t.add_column(col, justify="right" if col in ("attempts", "time s") else "left")
         for j in self.jobs:
-            style = "green" if j.status == "done" else "red"
+            lost = len({d["item"] for d in j.scenes_dropped})
+            style = "red" if j.status != "done" else "yellow" if lost else "green"
             main = j.outputs.get("zarr") or j.outputs.get("cog") or ""
+            if lost:
+                main = f"{main} ({lost} scene{'s' if lost != 1 else ''} dropped)"
             t.add_row(j.name, j.kind, f"[{style}]{j.status}[/]", str(j.attempts),
-                      f"{j.wall_time_s:.1f}", j.error or str(main))
+                      f"{j.wall_time_s:.1f}", escape(j.error or str(main)))
         return t
 
 
@@ -397,6 +404,7 @@ def _attempt(spec: MosaicSpec, res: JobResult, client: Any, retries: int, progre
                 continue
             res.status, res.error = "done", None
             res.outputs = dict(report.outputs)
+            res.scenes_dropped = list(report.scenes_dropped)
             break
     finally:
         state.leave()

@@ -175,3 +175,17 @@ def test_cli_batch_prints_the_summary_and_fails_when_a_job_fails(
     assert "bad" in result.output and "SpecError" in result.output
     data = json.loads(summary.read_text())
     assert data["failed"] == ["bad"] and data["max_concurrent"] == 2
+
+
+def test_the_summary_names_jobs_done_with_scenes_dropped() -> None:
+    from rich.console import Console
+
+    from s2mosaic._batch import BatchReport, JobResult
+
+    lost = [{"item": "S2A_X", "asset": "B04"}, {"item": "S2A_X", "asset": "SCL"}]
+    jobs = [JobResult("a", status="done", outputs={"zarr": "a.zarr"}, scenes_dropped=lost),
+            JobResult("b", status="failed", error="RunError: [x] failed")]
+    console = Console(width=200, record=True)
+    console.print(BatchReport(jobs, 2, 2, 1.0).table())
+    text = console.export_text()
+    assert "a.zarr (1 scene dropped)" in text and "RunError: [x] failed" in text
