@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import s2mosaic  # noqa: E402
-from s2mosaic.demo import demo_spec, make_demo_catalog  # noqa: E402
+from s2mosaic.demo import make_demo_catalog  # noqa: E402
 from s2mosaic.errors import DroppedScenesWarning, RunError  # noqa: E402
 from tests.objectstore import Fault, ObjectStore  # noqa: E402
 from tests.test_faults import Scenes  # noqa: E402
