@@ -94,6 +94,8 @@ RESAMPLING_METHODS: tuple[str, ...] = (
 LOADERS: tuple[str, ...] = ("odc-stac", "stackstac")
 #: ``runtime.on_read_error``: drop an unreadable scene from the tile, or fail the tile.
 ON_READ_ERROR: tuple[str, ...] = ("skip", "fail")
+#: ``runtime.device``: where a mosaic's per-chunk mask + composite runs (:mod:`s2mosaic._device`).
+DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 MASK_METHODS: tuple[str, ...] = ("scl", "ocm", "ocm+scl", "s2cloudless", "none")
 #: Scene selection methods (:mod:`s2mosaic._select`).
 SELECT_METHODS: tuple[str, ...] = ("all", "min-cover")
@@ -649,6 +651,11 @@ class RuntimeSpec(Section):
     ``metadata.json`` list every dropped scene with its tiles and pixels, and ``--resume
     --retry-dropped`` reads them again later. ``fail``: the tile fails (its error names the
     URL), and the run with it."""
+    device: str = "auto"
+    """Where a mosaic's per-chunk masking and compositing runs. ``gpu``: one fused CuPy task
+    per chunk on workers with a ``GPU`` resource (fails with the reason when there is none or
+    CuPy cannot run there); ``cpu``: the CPU tasks; ``auto``: ``gpu`` when possible, else
+    ``cpu`` (said once). Reads, OmniCloudMask scheduling, series and gap-fill are unchanged."""
 
     def __post_init__(self) -> None:
         self._set("chunks", number("chunks", self.chunks, low=16, integer=True))
@@ -660,6 +667,7 @@ class RuntimeSpec(Section):
                                            high=3600))
         self._set("loader", choice("loader", self.loader, LOADERS))
         self._set("on_read_error", choice("on_read_error", self.on_read_error, ON_READ_ERROR))
+        self._set("device", choice("device", self.device, DEVICES))
         if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler):
             raise fail("scheduler", self.scheduler,
                         "expected null, 'synchronous', 'threads' or a scheduler address "

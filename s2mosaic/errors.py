@@ -15,6 +15,7 @@ __all__ = [
     "CoverageError",
     "CubeError",
     "DataError",
+    "DeviceError",
     "DroppedScenesWarning",
     "EmptySearchError",
     "GPUFallbackWarning",
@@ -145,6 +146,12 @@ class ModelWeightsError(S2MosaicError, FileNotFoundError):
     spec field / environment variable that points at the directory. Weights are never downloaded
     during a run.
     """
+
+
+class DeviceError(S2MosaicError):
+    """``runtime.device: gpu`` (``--device gpu``, ``device="gpu"``) cannot be honoured: no worker
+    advertises a ``GPU`` resource, or CuPy cannot run on one that does (not installed, CUDA
+    version mismatch, no visible device). The message names the cause and the fix."""
 
 
 class GPUFallbackWarning(UserWarning):
