@@ -18,6 +18,7 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from . import _pipeline
+from ._device import current_client, resolve_device
 from ._grid import output_geobox
 from ._items import footprint, item_datetime
 from ._search import SearchResult, dedupe
@@ -35,6 +36,7 @@ _GROUPBY = ("solar_day",)
 _ARGUMENT = {"grid.crs": "crs", "grid.resolution": "resolution", "grid.resampling": "resampling",
              "grid": "crs/resolution", "composite.method": "method", "composite.percentile": "q",
              "composite.min_observations": "min_observations", "runtime.chunks": "chunks",
+             "runtime.device": "device",
              "bands": "bands", "aoi": "bbox/aoi", "mask": "mask"}
 
 
@@ -54,6 +56,7 @@ def items_spec(
     q: float = 25.0,
     min_observations: int = 1,
     resampling: str = "nearest",
+    device: str = "auto",
 ) -> MosaicSpec:
     """The :class:`~s2mosaic.MosaicSpec` that :func:`mosaic` and :func:`load` build from their
     arguments (see :func:`mosaic`): ``period`` spans the items' dates, ``source.stac`` is
@@ -98,7 +101,7 @@ def items_spec(
             grid=grid,
             mask=_mask_spec(mask),
             composite={"method": method, "percentile": q, "min_observations": min_observations},
-            runtime={"chunks": _chunks(chunks)},
+            runtime={"chunks": _chunks(chunks), "device": device},
         )
     except SpecError as e:
         arg = next((a for f, a in _ARGUMENT.items() if e.field == f or e.field.startswith(f + ".")),
@@ -111,7 +114,7 @@ def items_spec(
 
 @overload
 def mosaic(spec: MosaicSpec, /, items: Sequence[pystac.Item] | None = None, *,
-           geobox: GeoBox | None = None) -> xr.Dataset: ...
+           geobox: GeoBox | None = None, device: str | None = None) -> xr.Dataset: ...
 
 
 @overload
@@ -121,7 +124,7 @@ def mosaic(items: Iterable[pystac.Item], /, bands: Sequence[str] | str, *,
            chunks: int | Mapping[str, int] | None = None, groupby: str = "solar_day",
            mask: str | MaskSpec | Mapping[str, Any] = "scl", method: str = "percentile",
            q: float = 25.0, min_observations: int = 1, resampling: str = "nearest",
-           ) -> xr.Dataset: ...
+           device: str | None = None) -> xr.Dataset: ...
 
 
 def mosaic(
@@ -143,6 +146,7 @@ def mosaic(
     q: float = 25.0,
     min_observations: int = 1,
     resampling: str = "nearest",
+    device: str | None = None,
 ) -> xr.Dataset:
     """The lazy cloud-free mosaic of some STAC items (``mosaic(items, bands, ...)``, like
     ``odc.stac.load``) or of a spec (``mosaic(spec, items=None, geobox=None)``).
@@ -183,6 +187,10 @@ def mosaic(
         valid observations are nodata.
     resampling
         Resampling of reflectance bands onto the grid (SCL always uses nearest).
+    device
+        ``"auto"``, ``"cpu"`` or ``"gpu"`` (``runtime.device``): where masking and compositing
+        run (:func:`s2mosaic._device.resolve_device`, on the current Dask client's workers).
+        None: the spec's, ``"auto"`` for items.
 
     Returns
     -------
@@ -217,7 +225,9 @@ def mosaic(
                                 f"set it in the spec (spec.replace(...)) or pass items instead")
         if second is not None and items is not None:
             raise ArgumentError("items is given twice (positionally and as items=)")
-        return _pipeline.mosaic(first, second if second is not None else items, geobox=geobox)
+        resolved = None if device is None else resolve_device(device, current_client())
+        return _pipeline.mosaic(first, second if second is not None else items, geobox=geobox,
+                                device=resolved)
     if items is not None:
         raise ArgumentError("items= is for mosaic(spec, items=...); with items first, pass them "
                             "as the first argument")
@@ -227,7 +237,8 @@ def mosaic(
     spec = items_spec(found, _bands(second if second is not None else bands), crs=crs,
                       resolution=resolution, bbox=bbox, aoi=aoi, geobox=geobox, chunks=chunks,
                       groupby=groupby, mask=mask, method=method, q=q,
-                      min_observations=min_observations, resampling=resampling)
+                      min_observations=min_observations, resampling=resampling,
+                      device="auto" if device is None else device)
     return _pipeline.mosaic(spec, found, geobox=geobox)
 
 

@@ -17,12 +17,12 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from ._spec import DEVICES
 from .errors import DISTRIBUTION, ArgumentError, DeviceError
 
-__all__ = ["DEVICES", "DeviceProbe", "probe_cupy", "probe_workers", "resolve_device"]
+__all__ = ["DEVICES", "DeviceProbe", "current_client", "probe_cupy", "probe_workers",
+           "resolve_device"]
 
-#: Values of ``runtime.device`` (and ``--device``, ``device=``).
-DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 GPU_RESOURCE = "GPU"
 log = logging.getLogger("s2mosaic.device")
 _SAID: set[str] = set()
@@ -109,7 +109,8 @@ def probe_workers(client: Any, workers: list[str] | None = None) -> dict[str, De
     return {addr: DeviceProbe(**answer) for addr, answer in answers.items()}
 
 
-def _default_client() -> Any:
+def current_client() -> Any:
+    """The default ``distributed`` client, or None (then tasks run in this process)."""
     try:
         from distributed import default_client
     except ImportError:  # pragma: no cover - distributed is a dependency
@@ -128,8 +129,8 @@ def resolve_device(spec_device: str, client: Any = None) -> Literal["cpu", "gpu"
     spec_device
         ``"auto"``, ``"cpu"`` or ``"gpu"``.
     client
-        A ``distributed.Client``; None: the current default client, and without one this process
-        (the local schedulers run tasks here).
+        A ``distributed.Client``; None: no cluster, the tasks run in this process (Dask's local
+        schedulers), which is then probed. Pass :func:`current_client` for the default client.
 
     Raises
     ------
@@ -148,7 +149,6 @@ def resolve_device(spec_device: str, client: Any = None) -> Literal["cpu", "gpu"
                             f"{', '.join(repr(d) for d in DEVICES)}")
     if spec_device == "cpu":
         return "cpu"
-    client = client if client is not None else _default_client()
     if client is None:
         probe = DeviceProbe(**probe_cupy())
         problem = None if probe.ok else f"in this process (no Dask cluster): {probe.problem()}"

@@ -14,6 +14,8 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from ._cube import load_cube
+from ._device import current_client, resolve_device
+from ._fused import fused_composite
 from ._grid import aoi_mask, output_geobox
 from ._items import boa_offset, item_datetime, mask_band_keys, resolve_band, scl_asset_key
 from ._search import SearchResult, search
@@ -32,7 +34,7 @@ _PACKAGES = ("s2mosaic", "numpy", "numba", "dask", "distributed", "xarray", "odc
 
 
 def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
-           geobox: GeoBox | None = None) -> xr.Dataset:
+           geobox: GeoBox | None = None, device: str | None = None) -> xr.Dataset:
     """Build the lazy mosaic of ``spec``.
 
     Parameters
@@ -44,6 +46,10 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
         :func:`s2mosaic._select`); when None, searched and selected by ``spec.select``.
     geobox
         Override the output grid (default: :func:`s2mosaic._grid.output_geobox`).
+    device
+        ``"cpu"`` or ``"gpu"``, already resolved (a run resolves it once); None: resolve
+        ``spec.runtime.device`` against the current client (:func:`s2mosaic._device.resolve_device`).
+        On ``"gpu"`` masking and compositing run as one CuPy task per chunk (:mod:`s2mosaic._fused`).
 
     Returns
     -------
@@ -63,10 +69,15 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
         items = apply_selection(spec, search(spec))  # spec.select: all, or a minimal cover
     items = list(items) if not isinstance(items, SearchResult) else items
     gbox = geobox or output_geobox(spec, items)
-    cube, valid = masked_cube(spec, items, gbox)
-    c = spec.composite
-    result = composite(cube[list(spec.bands)], valid, method=c.method, q=c.q,
-                       min_observations=c.min_observations)
+    if (device or resolve_device(spec.runtime.device, current_client())) == "gpu":
+        cube = load_cube(items, spec, gbox)
+        result = fused_composite(spec, cube, aoi_mask(gbox, spec.aoi, spec.runtime.chunks),
+                                 device="gpu", ctx=MaskContext(geobox=gbox))
+    else:
+        cube, valid = masked_cube(spec, items, gbox)
+        c = spec.composite
+        result = composite(cube[list(spec.bands)], valid, method=c.method, q=c.q,
+                           min_observations=c.min_observations)
     result.attrs[PROVENANCE_ATTR] = provenance(spec, items, gbox, cube.sizes["time"], started)
     result.attrs = netcdf_attrs(result.attrs)  # dicts as JSON strings: to_netcdf works
     return result

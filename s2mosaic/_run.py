@@ -50,6 +50,7 @@ from odc.geo.xr import xr_zeros
 from . import _raster, _write
 from ._cluster import client_source, make_client, quiet_rasterio, quiet_workers
 from ._cube import clear_read_cache, observation_count
+from ._device import resolve_device
 from ._drops import SceneDrops, dropped_scenes
 from ._grid import Tile, output_geobox, tiles
 from ._manifest import (
@@ -304,6 +305,7 @@ class MosaicProduct:
     def __init__(self, spec: MosaicSpec) -> None:
         self.spec = spec
         self.names = [*spec.bands, COUNT]
+        self.device: str | None = None  # runtime.device, resolved once the client is up
 
     def check(self, output: OutputSpec) -> dict[str, Path | None]:
         return {"cog": output.cog, "rgb": output.rgb}
@@ -316,7 +318,7 @@ class MosaicProduct:
         return {"kind": self.kind}
 
     def build(self, items: list[pystac.Item], box: GeoBox) -> xr.Dataset:
-        return mosaic(self.spec, SearchResult(items), geobox=box)
+        return mosaic(self.spec, SearchResult(items), geobox=box, device=self.device)
 
     def exports(self, source: xr.Dataset, output: OutputSpec, *, overwrite: bool, client: Any,
                 progress: bool) -> dict[str, Path | None]:
@@ -578,6 +580,8 @@ class _Run:
             if c is not None:
                 quiet_workers(c)
             quiet_rasterio()
+            if isinstance(self.product, MosaicProduct):  # series, gap-fill: CPU
+                self.product.device = resolve_device(self.spec.runtime.device, c)
             t2 = time.time()
             self.out.initialise(self.items, self.grid)
             todo = self._todo()

@@ -39,6 +39,12 @@ ClusterOpt = Annotated[
                  "LocalCluster or dask-jobqueue workers (SLURM, PBS, ...) for the run. Default: "
                  "the spec's runtime.cluster.", show_default=False),
 ]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help="Where masking and compositing run: auto (GPU when the workers "
+                 "have a GPU resource and CuPy, else CPU), cpu or gpu (fail if impossible). "
+                 "Default: the spec's runtime.device.", show_default=False),
+]
 
 ProfileArg = Annotated[Path, typer.Argument(help="Cluster profile: a YAML file, or a packaged "
                                             "one by name, e.g. slurm-gpu.", show_default=False)]
@@ -56,10 +62,12 @@ def _fail(e: Exception) -> typer.Exit:
 
 
 def _load(path: Path, scheduler: str | None = None, overwrite: bool = False,
-          cluster: Path | None = None) -> MosaicSpec:
+          cluster: Path | None = None, device: str | None = None) -> MosaicSpec:
     from ._spec import MosaicSpec
 
     spec = _with_runtime(MosaicSpec.from_yaml(path), scheduler, cluster)
+    if device is not None:  # validated by RuntimeSpec: the error names runtime.device
+        spec = spec.replace(runtime=dataclasses.replace(spec.runtime, device=device))
     if overwrite:
         spec = spec.replace(output=dataclasses.replace(spec.output, overwrite=True))
     return spec
@@ -194,6 +202,7 @@ def run(
         "--resume", help="Continue an interrupted run: tiles already in the Zarr store (checked "
         "against their digests) are skipped, the rest computed.")] = False,
     retry_dropped: RetryDroppedOpt = False,
+    device: DeviceOpt = None,
 ) -> None:
     """Build the mosaic of a spec tile by tile and write its outputs (Zarr / COG / display
     product) plus a run report.
@@ -202,7 +211,7 @@ def run(
     end (with the run report) and failures.
     """
     try:
-        spec = _load(spec_path, scheduler, overwrite, cluster)
+        spec = _load(spec_path, scheduler, overwrite, cluster, device)
     except S2MosaicError as e:
         raise _fail(e) from None
     _execute(spec, resume, retry_dropped=retry_dropped)
@@ -215,6 +224,7 @@ def demo(
     scheduler: SchedulerOpt = None,
     cluster: ClusterOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic catalog.")] = 0,
+    device: DeviceOpt = None,
 ) -> None:
     """Run the offline demo: generate the synthetic catalog if missing, then mosaic it.
 
@@ -232,7 +242,7 @@ def demo(
     demo_spec(os.path.relpath(catalog, directory), "output").to_yaml(spec_file)
     console.print(f"Spec written to {spec_file} (rerun it with `s2mosaic run {spec_file}`)")
     try:
-        spec = _load(spec_file, scheduler, cluster=cluster)
+        spec = _load(spec_file, scheduler, cluster=cluster, device=device)
     except S2MosaicError as e:
         raise _fail(e) from None
     _execute(spec)
@@ -512,6 +522,7 @@ def chips(
     batch: Annotated[int, typer.Option(help="Chips per Dask graph.")] = 64,
     scheduler: SchedulerOpt = None,
     cluster: ClusterOpt = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Write many small fixed-size chips (GeoTIFF/PNG + manifest.jsonl), keyed like
     DLTile.from_latlon; a rerun skips the chips already written."""
@@ -519,7 +530,7 @@ def chips(
     from ._cluster import make_client
 
     try:
-        spec = _load(spec_path, scheduler, False, cluster)
+        spec = _load(spec_path, scheduler, False, cluster, device)
         if points is None:
             todo = chips_over(spec.aoi.geometry, resolution=resolution, size=size, pad=pad)
         else:
