@@ -66,7 +66,10 @@ def _load(path: Path, scheduler: str | None = None, overwrite: bool = False,
     from ._spec import MosaicSpec
 
     spec = _with_runtime(MosaicSpec.from_yaml(path), scheduler, cluster)
-    if device is not None:  # validated by RuntimeSpec: the error names runtime.device
+    if device is not None:
+        if device not in ("auto", "cpu", "gpu"):
+            raise typer.BadParameter(f"{device!r} is not a device; use auto, cpu or gpu",
+                                     param_hint="--device")
         spec = spec.replace(runtime=dataclasses.replace(spec.runtime, device=device))
     if overwrite:
         spec = spec.replace(output=dataclasses.replace(spec.output, overwrite=True))

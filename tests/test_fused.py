@@ -1,0 +1,334 @@
+"""The fused per-chunk task (``s2mosaic._fused``) against today's layered CPU path, and
+``runtime.device`` resolution on real distributed clusters.
+
+The fused task with NumPy must give the layered path's bytes for every mask method that needs
+no model (``scl``, ``none``; s2cloudless needs the 13 L1C bands the L2A demo has not, OCM torch),
+with and without dilation/buffers, for every composite method; the ``gpu`` tests check the same
+on CuPy and skip here with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import pystac
+import pytest
+import xarray as xr
+from typer.testing import CliRunner
+
+import s2mosaic
+from s2mosaic import _pipeline
+from s2mosaic._cube import load_cube
+from s2mosaic._device import DeviceProbe, probe_cupy, resolve_device
+from s2mosaic._fused import fused_composite
+from s2mosaic._grid import aoi_mask, output_geobox
+from s2mosaic._search import search
+from s2mosaic._select import apply_selection
+from s2mosaic._spec import MosaicSpec
+from s2mosaic.cli import app
+from s2mosaic.composite import METHODS, composite
+from s2mosaic.demo import demo_spec, make_demo_catalog
+from s2mosaic.errors import ArgumentError, DeviceError, SpecError
+from s2mosaic.masks import MaskContext, combine, valid_mask
+
+#: Mask settings without a model: method × growth (none, dilation, buffer in metres, classes).
+MASKS: dict[str, dict[str, Any]] = {
+    "scl": {"method": "scl"},
+    "scl-dilation3": {"method": "scl", "dilation": 3},
+    "scl-buffer45m": {"method": "scl", "buffer_m": 45},
+    "scl-classes": {"method": "scl", "scl_classes": [3, 8, 9], "dilation": 1},
+    "none": {"method": "none"},
+}
+
+
+def _composite_section(method: str, min_obs: int = 1) -> dict[str, Any]:
+    section: dict[str, Any] = {"method": method, "min_observations": min_obs}
+    if method == "percentile":
+        section["percentile"] = 25
+    return section
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[MosaicSpec, list[pystac.Item], Any]:
+    """A small demo catalog: its spec (64 px chunks: 4 × 8 chunks with ragged edges), the
+    selected items and the output grid."""
+    catalog = make_demo_catalog(tmp_path_factory.mktemp("fused") / "catalog", seed=3, size=300)
+    spec = demo_spec(catalog, tmp_path_factory.mktemp("fused-out")).replace(runtime={"chunks": 64})
+    items = apply_selection(spec, search(spec))
+    return spec, list(items), output_geobox(spec, items)
+
+
+@pytest.fixture(scope="module")
+def cube(demo: tuple[MosaicSpec, list[pystac.Item], Any]) -> xr.Dataset:
+    """The demo cube read once (bands and SCL), kept in memory as Dask chunks."""
+    spec, items, gbox = demo
+    with dask.config.set(scheduler="threads"):
+        return load_cube(items, spec, gbox).persist()
+
+
+def _layered(spec: MosaicSpec, cube: xr.Dataset, gbox: Any) -> xr.Dataset:
+    """Today's CPU path on ``cube``: what masked_cube and mosaic do after the read."""
+    valid = (valid_mask(cube, spec.bands, spec.mask, MaskContext(geobox=gbox))
+             & aoi_mask(gbox, spec.aoi, spec.runtime.chunks))
+    c = spec.composite
+    return composite(cube[list(spec.bands)], valid, method=c.method, q=c.q,
+                     min_observations=c.min_observations)
+
+
+def _fused(spec: MosaicSpec, cube: xr.Dataset, gbox: Any, device: str = "cpu") -> xr.Dataset:
+    return fused_composite(spec, cube, aoi_mask(gbox, spec.aoi, spec.runtime.chunks),
+                           device=device, ctx=MaskContext(geobox=gbox))
+
+
+def _assert_same(expected: xr.Dataset, got: xr.Dataset) -> None:
+    with dask.config.set(scheduler="sync"):
+        expected, got = dask.compute(expected, got)
+    assert list(got.data_vars) == list(expected.data_vars)
+    for name in expected.data_vars:
+        a, b = expected[name], got[name]
+        assert a.dtype == b.dtype and a.dims == b.dims, name
+        assert a.values.tobytes() == b.values.tobytes(), f"{name}: bytes differ"
+        assert a.attrs == b.attrs, name
+    assert got.attrs == expected.attrs
+    xr.testing.assert_identical(expected, got)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("mask", list(MASKS))
+def test_fused_numpy_is_byte_identical(demo: Any, cube: xr.Dataset, mask: str, method: str) -> None:
+    spec, _, gbox = demo
+    spec = spec.replace(mask=MASKS[mask], composite=_composite_section(method))
+    expected = _layered(spec, cube, gbox)
+    # The masks must matter, or the comparison would prove little.
+    assert 0 < int(expected["count"].sum()) < cube.sizes["time"] * int(np.prod(gbox.shape.yx))
+    _assert_same(expected, _fused(spec, cube, gbox))
+
+
+@pytest.mark.parametrize("q", [0, 50, 90, 100])
+def test_fused_percentiles_and_min_observations(demo: Any, cube: xr.Dataset, q: float) -> None:
+    spec, _, gbox = demo
+    spec = spec.replace(mask={"method": "scl", "dilation": 2},
+                        composite={"method": "percentile", "percentile": q, "min_observations": 4})
+    expected = _layered(spec, cube, gbox)
+    assert (expected["count"].values < 4).any()  # some pixels fall below min_observations
+    _assert_same(expected, _fused(spec, cube, gbox))
+
+
+def test_fused_halo_larger_than_chunks(demo: Any, cube: xr.Dataset) -> None:
+    """A buffer wider than a chunk: chunks are merged for the halo, then the result is put
+    back into the cube's chunks; still the same bytes."""
+    spec, _, gbox = demo
+    spec = spec.replace(mask={"method": "scl", "buffer_m": 250},
+                        composite=_composite_section("median"), runtime={"chunks": 16})
+    gbox = gbox[40:136, 100:228]  # 96 × 128 px in 16 px chunks; the buffer is 25 px
+    small = cube.isel(y=slice(40, 136), x=slice(100, 228)).chunk({"y": 16, "x": 16})
+    expected = _layered(spec, small, gbox)
+    got = _fused(spec, small, gbox)
+    assert got["red"].data.chunks == small["red"].data.chunks[1:]
+    _assert_same(expected, got)
+
+
+def test_fused_external_cloud_mask(demo: Any, cube: xr.Dataset, monkeypatch: pytest.MonkeyPatch,
+                                   ) -> None:
+    """A masker without a chunk form (as OmniCloudMask) runs in its own tasks; its lazy mask is
+    a halo'd input of the fused task and is dilated there like the chunk maskers' clouds."""
+    spec, _, gbox = demo
+    spec = spec.replace(mask={"method": "scl", "dilation": 2},
+                        composite=_composite_section("mean"))
+    calls: list[int] = []
+
+    def shadows(c: xr.Dataset, mask: Any, ctx: MaskContext) -> xr.DataArray:
+        calls.append(1)
+        return c["scl"] == 3  # cloud shadow only, computed outside the fused task
+
+    monkeypatch.setitem(combine.MASKERS, "scl", (combine._scl, shadows))
+    expected = _layered(spec, cube, gbox)
+    monkeypatch.setitem(combine.MASKERS, "scl", (combine._scl,))
+    only_scl = _layered(spec.replace(mask={"method": "scl", "dilation": 2, "scl_classes": [8, 9]}),
+                        cube, gbox)
+    monkeypatch.setitem(combine.MASKERS, "scl", (combine._scl, shadows))
+    got = _fused(spec, cube, gbox)
+    assert calls == [1, 1]
+    _assert_same(expected, got)
+    assert not np.array_equal(only_scl["count"].values, got["count"].compute().values)
+
+
+def test_fused_graph_has_one_task_per_chunk(demo: Any, cube: xr.Dataset) -> None:
+    spec, _, gbox = demo
+    spec = spec.replace(mask={"method": "scl", "dilation": 3})
+    out = _fused(spec, cube, gbox)
+    graph = out["red"].data.__dask_graph__()
+    fused = [name for name in graph.layers if str(name).startswith("s2mosaic-fused-percentile-cpu")]
+    assert len(fused) == 1
+    assert len(graph.layers[fused[0]]) == np.prod(out["red"].data.numblocks)
+
+
+def test_pipeline_device_cpu_and_gpu_build(demo: Any) -> None:
+    """``mosaic(..., device=)``: cpu is the layered path; gpu builds the fused GPU-annotated
+    tasks (not computed here: no CuPy)."""
+    spec, items, gbox = demo
+    cpu = _pipeline.mosaic(spec, items, geobox=gbox, device="cpu")
+    gpu = _pipeline.mosaic(spec, items, geobox=gbox, device="gpu")
+    layers = gpu["red"].data.__dask_graph__().layers
+    fused = [layer for name, layer in layers.items() if str(name).startswith("s2mosaic-fused")]
+    assert len(fused) == 1 and fused[0].annotations == {"resources": {"GPU": 1}}
+    assert not any(str(n).startswith("s2mosaic-fused") for n in cpu["red"].data.__dask_graph__().layers)
+    assert list(cpu.data_vars) == list(gpu.data_vars)
+    assert cpu.attrs.keys() == gpu.attrs.keys()  # provenance differs only in its start time
+
+
+# -- device resolution --------------------------------------------------------------------------
+def _cupy_importable() -> bool:
+    return DeviceProbe(**probe_cupy()).cupy is not None
+
+
+@pytest.fixture
+def cpu_cluster() -> Any:
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
+                      host="127.0.0.1", dashboard_address=":0",
+                      ) as cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@pytest.fixture
+def gpu_cluster() -> Any:
+    """Workers that advertise a GPU resource, whatever the machine has."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
+                      host="127.0.0.1", dashboard_address=":0",
+                      resources={"GPU": 1}) as cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def test_device_cpu_never_probes() -> None:
+    assert resolve_device("cpu", object()) == "cpu"  # the client is not even looked at
+
+
+def test_device_invalid_value() -> None:
+    with pytest.raises(ArgumentError, match=r"device='tpu'.*'auto', 'cpu', 'gpu'"):
+        resolve_device("tpu")
+    with pytest.raises(SpecError, match=r"runtime\.device.*'tpu'.*\['auto', 'cpu', 'gpu'\]"):
+        MosaicSpec.from_dict({**_minimal(), "runtime": {"device": "tpu"}})
+
+
+def _minimal() -> dict[str, Any]:
+    return {"aoi": [10.0, 46.0, 10.1, 46.1], "period": ["2024-05-01", "2024-05-31"],
+            "source": {"stac": "catalog.json"}, "bands": ["red"]}
+
+
+def test_auto_without_gpu_workers_is_cpu_said_once(cpu_cluster: Any,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="s2mosaic.device"):
+        assert resolve_device("auto", cpu_cluster) == "cpu"
+        assert resolve_device("auto", cpu_cluster) == "cpu"
+    said = [r for r in caplog.records if r.name == "s2mosaic.device"]
+    assert len(said) == 1
+    assert "running on CPU" in said[0].message and "'GPU' resource" in said[0].message
+
+
+def test_gpu_without_gpu_workers_raises(cpu_cluster: Any) -> None:
+    with pytest.raises(DeviceError, match=r"none of the cluster's 1 Dask worker\(s\) advertises "
+                                          r"a 'GPU' resource.*--resources GPU=1"):
+        resolve_device("gpu", cpu_cluster)
+
+
+@pytest.mark.skipif(_cupy_importable(), reason="CuPy is importable here; this checks its absence")
+def test_gpu_workers_without_cupy(gpu_cluster: Any, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(DeviceError, match=r"2 of 2 GPU worker\(s\) cannot run CuPy.*not "
+                                          r"importable.*pip install 's2mosaic-stream\[gpu\]'"):
+        resolve_device("gpu", gpu_cluster)
+    with caplog.at_level(logging.INFO, logger="s2mosaic.device"):
+        assert resolve_device("auto", gpu_cluster) == "cpu"
+    said = [r for r in caplog.records if r.name == "s2mosaic.device"]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+
+
+def _fake_cupy(runtime: int, driver: int, error: str | None, devices: int = 1) -> types.ModuleType:
+    """A stand-in for CuPy's CUDA runtime API, as the workers' ``import cupy`` finds it."""
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    def count() -> int:
+        if error:
+            raise CUDARuntimeError(error)
+        return devices
+
+    api = types.SimpleNamespace(runtimeGetVersion=lambda: runtime,
+                                driverGetVersion=lambda: driver, getDeviceCount=count)
+    mod = types.ModuleType("cupy")
+    mod.__version__ = "13.6.0"  # type: ignore[attr-defined]
+    mod.cuda = types.SimpleNamespace(runtime=api)  # type: ignore[attr-defined]
+    return mod
+
+
+def test_gpu_workers_with_cuda_mismatch(gpu_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CuPy for CUDA 13 under a CUDA 12.4 driver: the error says so and names both extras."""
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(
+        13000, 12040, "cudaErrorInsufficientDriver: CUDA driver version is insufficient"))
+    with pytest.raises(DeviceError, match=r"built for CUDA 13\.0 but the driver supports CUDA "
+                                          r"12\.4.*\[gpu\]' for CUDA 12.*\[gpu-cuda13\]'"):
+        resolve_device("gpu", gpu_cluster)
+
+
+def test_gpu_workers_without_devices(gpu_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(12080, 12080, None, devices=0))
+    with pytest.raises(DeviceError, match=r"sees no CUDA device.*CUDA_VISIBLE_DEVICES"):
+        resolve_device("gpu", gpu_cluster)
+
+
+def test_run_with_device_gpu_fails_before_tiles(demo: Any, cpu_cluster: Any, tmp_path: Path,
+                                                ) -> None:
+    spec, items, _ = demo
+    spec = spec.replace(output={"zarr": tmp_path / "m.zarr"}, runtime={"chunks": 64, "device": "gpu"})
+    with pytest.raises(DeviceError, match="'GPU' resource"):
+        s2mosaic.run(spec, items=items, client=cpu_cluster)
+    assert not (tmp_path / "m.zarr").exists()  # resolved before the store is created
+
+
+def test_api_device_argument(demo: Any) -> None:
+    _, items, gbox = demo
+    with pytest.raises(ArgumentError, match=r"device: invalid value 'tpu'"):
+        s2mosaic.mosaic(items, ["red"], geobox=gbox, device="tpu")
+    out = s2mosaic.mosaic(items, ["red"], geobox=gbox, device="cpu")
+    layers = out["red"].data.__dask_graph__().layers
+    assert not any(str(n).startswith("s2mosaic-fused") for n in layers)
+
+
+def test_cli_device_option(demo: Any, tmp_path: Path) -> None:
+    spec, _, _ = demo
+    path = tmp_path / "spec.yaml"
+    spec.to_yaml(path)
+    result = CliRunner().invoke(app, ["run", str(path), "--device", "tpu"])
+    assert result.exit_code == 2
+    assert "'tpu' is not a device; use auto, cpu or gpu" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["run", str(path), "--device", "gpu",
+                                      "--scheduler", "synchronous"])
+    if not _cupy_importable():
+        assert result.exit_code == 2
+        assert "pip install 's2mosaic-stream[gpu]'" in " ".join(result.output.split())
+
+
+# -- on a GPU -----------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("mask", ["scl", "scl-dilation3", "scl-buffer45m", "none"])
+def test_fused_cupy_is_byte_identical(demo: Any, cube: xr.Dataset, cupy_gpu: Any, mask: str,
+                                      method: str) -> None:
+    spec, _, gbox = demo
+    spec = spec.replace(mask=MASKS[mask], composite=_composite_section(method))
+    _assert_same(_layered(spec, cube, gbox), _fused(spec, cube, gbox, device="gpu"))
+
+
+@pytest.mark.gpu
+def test_device_gpu_resolves_on_gpu_workers(gpu_cluster: Any, cupy_gpu: Any) -> None:
+    assert resolve_device("gpu", gpu_cluster) == "gpu"
+    assert resolve_device("auto", gpu_cluster) == "gpu"
