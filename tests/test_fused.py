@@ -321,7 +321,7 @@ def test_cli_device_option(demo: Any, tmp_path: Path) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("mask", ["scl", "scl-dilation3", "scl-buffer45m", "none"])
-def test_fused_cupy_is_byte_identical(demo: Any, cube: xr.Dataset, cupy_gpu: Any, mask: str,
+def test_fused_cupy_is_byte_identical(cupy_gpu: Any, demo: Any, cube: xr.Dataset, mask: str,
                                       method: str) -> None:
     spec, _, gbox = demo
     spec = spec.replace(mask=MASKS[mask], composite=_composite_section(method))
@@ -329,6 +329,6 @@ def test_fused_cupy_is_byte_identical(demo: Any, cube: xr.Dataset, cupy_gpu: Any
 
 
 @pytest.mark.gpu
-def test_device_gpu_resolves_on_gpu_workers(gpu_cluster: Any, cupy_gpu: Any) -> None:
+def test_device_gpu_resolves_on_gpu_workers(cupy_gpu: Any, gpu_cluster: Any) -> None:
     assert resolve_device("gpu", gpu_cluster) == "gpu"
     assert resolve_device("auto", gpu_cluster) == "gpu"
