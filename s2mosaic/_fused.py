@@ -39,9 +39,9 @@ import xarray as xr
 from ._cube import SCL_VAR
 from ._spec import MosaicSpec
 from .composite._kernels import check_method, check_min_obs, check_q, reduce_bands
-from .composite._xr import _assemble
+from .composite._xr import assemble
 from .errors import ArgumentError
-from .masks import MASKERS, MaskContext, buffer_pixels, combine
+from .masks import MASKERS, MaskContext, buffer_pixels
 from .masks._chunks import plan_chunks
 
 __all__ = ["ChunkMasker", "FusedChunk", "SclChunkMasker", "array_module", "fused_composite"]
@@ -209,8 +209,9 @@ def fused_composite(spec: MosaicSpec, cube: xr.Dataset, aoi: xr.DataArray, *, de
 
     maskers: list[Any] = []
     others: list[Any] = []
+    scl_masker = MASKERS["scl"][0]  # the SCL masker is what method "scl" runs
     for masker in MASKERS[m.method]:
-        if masker is combine._scl:
+        if masker is scl_masker:
             classes = tuple(int(k) for k in m.scl_classes if scl_nodata is None or k != scl_nodata)
             maskers.append(SclChunkMasker(classes))
         else:  # OmniCloudMask, s2cloudless: their own tasks, as in the layered path
@@ -256,7 +257,7 @@ def fused_composite(spec: MosaicSpec, cube: xr.Dataset, aoi: xr.DataArray, *, de
     if target != ref.chunks:
         stacked = stacked.rechunk(((len(names) + 1,), *ref.chunks[1:]))
     dims = cube[names[0]].dims
-    return _assemble(cube[names], names, tuple(str(d) for d in dims[1:]), stacked, method, q,
+    return assemble(cube[names], names, tuple(str(d) for d in dims[1:]), stacked, method, q,
                      min_obs)
 
 

@@ -141,7 +141,7 @@ def composite(
     else:
         reducer = _ChunkReducer(method_name, q_kernel, min_obs, parallel=True)
         stacked = reducer(_as_array(mask), *(_as_array(b) for b in bands))
-    return _assemble(cube, names, dims[1:], stacked, method_name, q_kernel, min_obs)
+    return assemble(cube, names, dims[1:], stacked, method_name, q_kernel, min_obs)
 
 
 def _as_array(x: Any) -> Any:
@@ -230,7 +230,7 @@ def _lazy_reduce(
     )
 
 
-def _assemble(
+def assemble(
     cube: xr.Dataset,
     names: list[str],
     space: tuple[str, ...],
@@ -239,6 +239,8 @@ def _assemble(
     q: float | None,
     min_obs: int,
 ) -> xr.Dataset:
+    """The composite Dataset from the ``(B + 1, y, x)`` uint16 ``stacked`` result (bands, then
+    the count); also used by the fused per-chunk task (:mod:`s2mosaic._fused`)."""
     # Every coordinate that does not depend on time: y, x, spatial_ref, ...
     out = cube.drop_vars(list(cube.data_vars)).drop_dims(_TIME, errors="ignore")
     grid_mappings: set[tuple[str, Any]] = set()
