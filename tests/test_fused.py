@@ -23,7 +23,7 @@ import xarray as xr
 from typer.testing import CliRunner
 
 import s2mosaic
-from s2mosaic import _pipeline
+from s2mosaic import _device, _pipeline
 from s2mosaic._cube import load_cube
 from s2mosaic._device import DeviceProbe, probe_cupy, resolve_device
 from s2mosaic._fused import fused_composite
@@ -198,9 +198,27 @@ def cpu_cluster() -> Any:
         yield client
 
 
+@pytest.fixture(autouse=True)
+def _fresh_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees the once-per-process device messages anew."""
+    monkeypatch.setattr(_device, "_SAID", set())
+
+
+@pytest.fixture
+def gpu_process_cluster() -> Any:
+    """Worker processes that advertise a GPU resource (the probe crosses into them)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, resources={"GPU": 1},
+                      dashboard_address=":0") as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        yield client
+
+
 @pytest.fixture
 def gpu_cluster() -> Any:
-    """Workers that advertise a GPU resource, whatever the machine has."""
+    """In-process workers that advertise a GPU resource, whatever the machine has (they share
+    this process's ``sys.modules``, so a test can hand them a stand-in CuPy)."""
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
@@ -242,12 +260,14 @@ def test_gpu_without_gpu_workers_raises(cpu_cluster: Any) -> None:
 
 
 @pytest.mark.skipif(_cupy_importable(), reason="CuPy is importable here; this checks its absence")
-def test_gpu_workers_without_cupy(gpu_cluster: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_gpu_workers_without_cupy(gpu_process_cluster: Any,
+                                  caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(DeviceError, match=r"2 of 2 GPU worker\(s\) cannot run CuPy.*not "
                                           r"importable.*pip install 's2mosaic-stream\[gpu\]'"):
-        resolve_device("gpu", gpu_cluster)
+        resolve_device("gpu", gpu_process_cluster)
     with caplog.at_level(logging.INFO, logger="s2mosaic.device"):
-        assert resolve_device("auto", gpu_cluster) == "cpu"
+        assert resolve_device("auto", gpu_process_cluster) == "cpu"
+        assert resolve_device("auto", gpu_process_cluster) == "cpu"
     said = [r for r in caplog.records if r.name == "s2mosaic.device"]
     assert len(said) == 1 and said[0].levelno == logging.WARNING
 
