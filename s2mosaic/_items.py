@@ -152,7 +152,8 @@ def mask_band_keys(item: pystac.Item, mask: MaskBands) -> list[str]:
     """Asset keys of the bands ``mask.method``'s cloud masker reads, in the masker's order.
 
     OmniCloudMask: red, green, NIR (B8A, else B08). s2cloudless: the 13 L1C bands (or the 10 its
-    model uses). SCL is not listed here (see :func:`scl_asset_key`). Empty for ``scl``/``none``.
+    model uses). ukis-csmask: blue, green, red, NIR (B08), plus SWIR 1.6/2.2 µm (B11, B12) for
+    the 6-band model. SCL is not listed here (see :func:`scl_asset_key`). Empty for ``scl``/``none``.
     """
     field = f"mask.method {mask.method}"
     if mask.uses_ocm:
@@ -161,6 +162,7 @@ def mask_band_keys(item: pystac.Item, mask: MaskBands) -> list[str]:
         bands = S2CLOUDLESS_BANDS if mask.s2cloudless_all_bands else S2CLOUDLESS_MODEL_BANDS
         return [_resolve_first(item, (b, EARTH_SEARCH_NAMES[b]), field) for b in bands]
     if mask.method in ("csmask", "csmask+scl"):
+        field += f" with mask.csmask_bands {mask.csmask_bands}"
         return [_resolve_first(item, names, field) for names in CSMASK_BANDS[:mask.csmask_bands]]
     return []
 

@@ -226,3 +226,16 @@ def test_gpu_annotation_only_for_gpu_workers(s2_data: Path) -> None:
 
     assert annotations(True) == [{"resources": {"GPU": 1}}]
     assert annotations(False) == []
+
+
+def test_six_band_model_on_a_catalog_without_swir_is_a_clear_error(demo_catalog: Path) -> None:
+    import pystac
+
+    from s2mosaic._items import mask_band_keys
+    from s2mosaic.errors import DataError
+
+    item = next(pystac.Catalog.from_file(str(demo_catalog)).get_items(recursive=True))
+    assert mask_band_keys(item, MaskSpec(method="csmask")) == ["B02", "B03", "B04", "B08"]
+    with pytest.raises(DataError, match=r"none of the bands \['B11', 'swir16'\] that mask.method "
+                                        r"csmask\+scl with mask.csmask_bands 6 needs"):
+        mask_band_keys(item, MaskSpec(method="csmask+scl", csmask_bands=6))
