@@ -239,3 +239,28 @@ def test_six_band_model_on_a_catalog_without_swir_is_a_clear_error(demo_catalog:
     with pytest.raises(DataError, match=r"none of the bands \['B11', 'swir16'\] that mask.method "
                                         r"csmask\+scl with mask.csmask_bands 6 needs"):
         mask_band_keys(item, MaskSpec(method="csmask+scl", csmask_bands=6))
+
+
+@pytest.mark.parametrize("bands", [4, 6])
+def test_window_kernel_equals_the_library(s2_data: Path, bands: int) -> None:
+    """Our cached-session kernel gives exactly the classes of ukis_csmask.CSmask (which builds a
+    session per call) on a real L1C date."""
+    import warnings
+
+    from ukis_csmask.mask import CSmask
+
+    from s2mosaic.masks.csmask import CsmaskParams, _session, csmask_window
+
+    cube, _, _ = _eolearn_cube(s2_data, bands)
+    with dask.config.set(scheduler="synchronous"):
+        x = np.stack([cube[n].values[0] for n in cube.attrs["mask_bands"]]) / np.float32(10000)
+    session, meta = _session(CsmaskParams(bands, "L1C"))
+    ours = csmask_window(x.astype(np.float32), session, meta)
+    names = ["blue", "green", "red", "nir", "swir16", "swir22"][:bands]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "smaller than the internal tiling size"
+        lib = CSmask(np.moveaxis(x, 0, -1).astype(np.float32), band_order=names,
+                     product_level="l1c", intra_op_num_threads=1,
+                     providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(ours, lib.csm[..., 0])
+    assert (ours == 0).any()  # 07-11 is clear
