@@ -264,3 +264,22 @@ def test_window_kernel_equals_the_library(s2_data: Path, bands: int) -> None:
                      providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(ours, lib.csm[..., 0])
     assert (ours == 0).any()  # 07-11 is clear
+
+
+def test_buffer_in_metres_is_exact_across_chunk_edges(s2_data: Path) -> None:
+    """buffer_m grows csmask's cloud/shadow by whole output pixels (30 m on the 9.99 m grid:
+    4 px), across the edges of 64 px chunks exactly as scipy on the whole array."""
+    from scipy.ndimage import binary_dilation
+
+    cube, _, gbox = _eolearn_cube(s2_data, 4, chunks=64)
+    mask = MaskSpec(method="csmask", buffer_m=30)
+    ctx = MaskContext(geobox=gbox, gpu=False)
+    with dask.config.set(scheduler="synchronous"):
+        classes = csmask_classes(cube, mask, ctx).values
+        valid = valid_mask(cube, ["B04"], mask, ctx).values
+    cloud = (classes == 1) | (classes == 2)
+    element = np.zeros((1, 9, 9), dtype=bool)
+    element[0] = True
+    expected = ~binary_dilation(cloud, structure=element)
+    np.testing.assert_array_equal(valid, expected)
+    assert (valid != ~cloud).any()  # the buffer did something (clouds on the clear dates)
