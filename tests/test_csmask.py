@@ -283,3 +283,16 @@ def test_buffer_in_metres_is_exact_across_chunk_edges(s2_data: Path) -> None:
     expected = ~binary_dilation(cloud, structure=element)
     np.testing.assert_array_equal(valid, expected)
     assert (valid != ~cloud).any()  # the buffer did something (clouds on the clear dates)
+
+
+def test_context_pixels_include_the_halo_in_whole_model_pixels() -> None:
+    """Tiles of a run read this margin: the halo (64 model px of 30 m = 192 px at 10 m) plus the
+    buffer, rounded up to whole 3 × 3 blocks."""
+    from odc.geo.geobox import GeoBox
+
+    from s2mosaic.masks import context_pixels
+
+    gbox = GeoBox.from_bbox((400_000, 5_000_000, 410_000, 5_010_000), "EPSG:32632", resolution=10)
+    assert context_pixels(MaskSpec(method="csmask"), gbox) == (192, 192)
+    assert context_pixels(MaskSpec(method="csmask+scl", buffer_m=60), gbox) == (198, 198)
+    assert context_pixels(MaskSpec(method="csmask", csmask_halo=10, dilation=2), gbox) == (33, 33)
