@@ -296,3 +296,22 @@ def test_context_pixels_include_the_halo_in_whole_model_pixels() -> None:
     assert context_pixels(MaskSpec(method="csmask"), gbox) == (192, 192)
     assert context_pixels(MaskSpec(method="csmask+scl", buffer_m=60), gbox) == (198, 198)
     assert context_pixels(MaskSpec(method="csmask", csmask_halo=10, dilation=2), gbox) == (33, 33)
+
+
+def test_cli_run_with_csmask_scl_and_a_bad_level(s2_data: Path, tmp_path: Path) -> None:
+    """The CLI runner on a YAML spec with csmask+scl; a misspelt csmask_level is a usage error
+    that names the field and the valid values."""
+    from typer.testing import CliRunner
+
+    from s2mosaic.cli import app
+
+    spec = _barbellino_spec(s2_data, tmp_path / "out", "csmask+scl")
+    path = tmp_path / "spec.yaml"
+    spec.to_yaml(path)
+    res = CliRunner().invoke(app, ["run", str(path)])
+    assert res.exit_code == 0, res.output
+    assert spec.output.cog is not None and spec.output.cog.is_file()
+    path.write_text(path.read_text().replace("csmask_level: null", "csmask_level: L2"))
+    res = CliRunner().invoke(app, ["run", str(path), "--overwrite"])
+    assert res.exit_code != 0
+    assert "csmask_level" in res.output and "'L1C', 'L2A'" in res.output
