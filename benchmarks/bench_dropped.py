@@ -28,7 +28,7 @@ import s2mosaic  # noqa: E402
 from s2mosaic.demo import make_demo_catalog  # noqa: E402
 from s2mosaic.errors import DroppedScenesWarning, RunError  # noqa: E402
 from tests.objectstore import Fault, ObjectStore  # noqa: E402
-from tests.test_faults import Scenes  # noqa: E402
+from tests.served import Scenes  # noqa: E402
 
 SHORT: dict[str, Any] = {"read_timeout_s": 1, "connect_timeout_s": 1, "read_retries": 1,
                          "read_backoff_s": 0.05, "retries": 1}

@@ -14,15 +14,23 @@ Prints, in one run:
   otherwise "weights absent: skipped";
 - OCM throughput (megapixels/s) of our per-chunk path against ``omnicloudmask.predict_from_array``
   on the same array, on this machine's device (CUDA when there is one, with peak GPU memory),
-  with randomly initialised models of OCM's architecture (speed does not depend on the weights).
+  with randomly initialised models of OCM's architecture (speed does not depend on the weights);
+- ukis-csmask (``--csmask``; ``--csmask-only`` skips the rest), trained weights: 4- and 6-band
+  models against ``CLM`` on the L1C series (kappa, every date cloudy/clear), against SCL on
+  Barbellino and the 29RKH tile (kappa), chunked-with-halo against whole-image agreement per
+  chunking and halo (29RKH at 100 m), megapixels/s per core and peak memory per window size
+  (each in a fresh process, one onnxruntime thread), and the OCM graph-build cost with
+  in-memory models (the token of ``InMemoryModels`` against hashing the weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -212,13 +220,180 @@ def throughput(size: int, dates: int) -> list[str]:
     return lines
 
 
+# -- ukis-csmask (issue 17) -------------------------------------------------------------------
+def _csmask_cube(data: Path, collection: str, contains: str, bands: int, chunks: int = 1024,
+                 level: str | None = None, gbox: Any = None) -> tuple[xr.Dataset, MosaicSpec, Any]:
+    items = _items(data, collection, contains)
+    gbox = gbox if gbox is not None else native_geobox(items[0], "B04")
+    spec = MosaicSpec(aoi=[0, 0, 1, 1], period=["2015-01-01", "2020-12-31"],
+                      source={"stac": str(data / "catalog.json"), "collection": collection},
+                      bands=["B04"], mask={"method": "csmask+scl" if "l2a" in collection else
+                                           "csmask", "csmask_bands": bands,
+                                           "csmask_level": level},
+                      runtime={"chunks": chunks, "scheduler": "synchronous"})
+    return load_cube(items, spec, gbox), spec, gbox
+
+
+def _classes(cube: xr.Dataset, spec: MosaicSpec, gbox: Any, **mask: Any) -> np.ndarray:
+    from s2mosaic.masks.csmask import csmask_classes
+
+    m = dataclasses.replace(spec.mask, **mask) if mask else spec.mask
+    with dask.config.set(scheduler="synchronous"):
+        return csmask_classes(cube, m, MaskContext(geobox=gbox, gpu=False)).values
+
+
+def csmask_quality(data: Path) -> list[str]:
+    rows: list[str] = []
+    items = _items(data, "sentinel-2-l1c-eolearn")
+    clm = _read(items, "CLM").astype(bool)
+    rows += ["**eo-learn L1C series vs Sentinel Hub `CLM`** (5 dates, 101 × 100 px, 30 m model "
+             "resolution = 3 × 3 blocks)", "", HEADER]
+    dates = []
+    for bands in (4, 6):
+        cube, spec, gbox = _csmask_cube(data, "sentinel-2-l1c-eolearn", "", bands)
+        t0 = time.perf_counter()
+        cls = _classes(cube, spec, gbox)
+        dt = time.perf_counter() - t0
+        cloud = cls == 1
+        rows.append(_row(f"csmask {bands}-band L1C cloud vs CLM (whole series, {dt:.1f} s)",
+                         cloud, clm))
+        frac = cloud.mean(axis=(1, 2))
+        right = sum(bool(f > 0.5) == bool(r.mean() > 0.5) for f, r in zip(frac, clm, strict=True))
+        dates.append(f"{bands}-band: {right}/5 dates right; cloud fraction per date "
+                     + ", ".join(f"{i.datetime:%m-%d} {100 * f:.1f} % (CLM {100 * r.mean():.0f} %)"
+                                 for i, f, r in zip(items, frac, clm, strict=True)))
+    rows += ["", *dates]
+    for name, contains in (("Barbellino pair (24 × 42 px at 10 m)", "Barbellino"),
+                           ("29RKH tile (1098 × 1098 px at 100 m; SCL from 200 m)", "29RKH")):
+        rows += ["", f"**{name} vs SCL**", "", HEADER]
+        for bands in (4, 6):
+            cube, spec, gbox = _csmask_cube(data, "sentinel-2-l2a", contains, bands)
+            with dask.config.set(scheduler="synchronous"):
+                scl = cube[SCL_VAR].values
+            cls = _classes(cube, spec, gbox)
+            ok = scl != 0
+            rows.append(_row(f"csmask {bands}-band L2A cloud vs SCL 8/9/10", (cls == 1)[ok],
+                             np.isin(scl, SCL_CLOUD)[ok]))
+            rows.append(_row(f"csmask {bands}-band cloud+shadow vs SCL 3/8/9/10",
+                             ((cls == 1) | (cls == 2))[ok],
+                             np.isin(scl, SCL_CLOUD + SCL_SHADOW)[ok]))
+    return rows
+
+
+def csmask_chunking(data: Path) -> list[str]:
+    """Agreement of chunked-with-halo classes with one window over the whole 29RKH tile."""
+    cube, spec, gbox = _csmask_cube(data, "sentinel-2-l2a", "29RKH", 4, chunks=2048)
+    whole = _classes(cube, spec, gbox)
+    rows = ["| chunks (px) | halo (model px) | agreement with whole image | differing pixels |",
+            "|---|---|---|---|"]
+    for chunks, halo in ((1024, 0), (1024, 32), (1024, 64), (512, 0), (512, 64), (256, 64)):
+        c, _, _ = _csmask_cube(data, "sentinel-2-l2a", "29RKH", 4, chunks=chunks)
+        got = _classes(c, spec, gbox, csmask_halo=halo)
+        rows.append(f"| {chunks} | {halo} | {100 * (got == whole).mean():.3f} % | "
+                    f"{int((got != whole).sum())} |")
+    return rows
+
+
+def _speed_child(window: int, bands: int, conn: Any) -> None:
+    """In a fresh process: one session, then classify a (bands, window, window) array."""
+    import resource
+
+    from s2mosaic.masks.csmask import CsmaskParams, _session, csmask_window
+
+    session, meta = _session(CsmaskParams(bands, "L2A", 1, False))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.02, 0.6, (bands, window, window)).astype(np.float32)
+    csmask_window(x[:, :64, :64], session, meta)  # warm-up
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    csmask_window(x, session, meta)
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    conn.send((dt, base / 1024, peak / 1024))
+
+
+def csmask_speed(windows: tuple[int, ...] = (256, 512, 1024, 2048)) -> list[str]:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    rows = ["| model | window (model px) | time | Mpx/s per core | peak RSS (after session) |",
+            "|---|---|---|---|---|"]
+    for bands in (4, 6):
+        for w in windows:
+            a, b = ctx.Pipe()
+            p = ctx.Process(target=_speed_child, args=(w, bands, b))
+            p.start()
+            dt, base, peak = a.recv()
+            p.join()
+            rows.append(f"| {bands}-band | {w} | {dt:.2f} s | {w * w / 1e6 / dt:.3f} | "
+                        f"{peak:.0f} MiB ({base:.0f}) |")
+    return rows
+
+
+def ocm_graph_cost() -> list[str]:
+    """Tokenize and graph-build time of OCM with in-memory models (64 chunks)."""
+    import dask.array as da
+    from dask.base import tokenize
+
+    from s2mosaic._spec import MaskSpec
+    from s2mosaic.masks.omnicloud import (
+        OCM_WEIGHT_FILES,
+        InMemoryModels,
+        import_omnicloudmask,
+        ocm_classes,
+    )
+
+    import_omnicloudmask()
+    import segmentation_models_pytorch as smp
+
+    models = [smp.Unet(encoder_name=w.timm_model_name, encoder_weights=None, in_channels=3,
+                       classes=4).eval() for w in OCM_WEIGHT_FILES]
+    t0 = time.perf_counter()
+    tokenize(models)
+    raw = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tokenize(InMemoryModels(tuple(models)))
+    ours = time.perf_counter() - t0
+    size = 2048
+    arr = da.zeros((3, size, size), dtype=np.uint16, chunks=(3, 256, 256))
+    coords = {"time": np.arange(3), "y": 20.0 * np.arange(size)[::-1],
+              "x": 20.0 * np.arange(size)}
+    cube = xr.Dataset({n: xr.DataArray(arr, dims=("time", "y", "x"), attrs={"nodata": 0})
+                       for n in ["B04", "B03", "B8A"]},
+                      coords=coords).assign_attrs(mask_bands=["B04", "B03", "B8A"])
+    t0 = time.perf_counter()
+    ocm_classes(cube, MaskSpec(method="ocm", ocm_halo=32), MaskContext(gpu=False, models=models))
+    build = time.perf_counter() - t0
+    return [f"tokenize(list of the 2 OCM modules): {1000 * raw:.1f} ms; "
+            f"tokenize(InMemoryModels): {1000 * ours:.3f} ms; "
+            f"ocm_classes graph build, 64 chunks, in-memory models: {build:.3f} s"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "s2")
     ap.add_argument("--ocm-weights", type=Path, default=os.environ.get(OCM_WEIGHTS_ENV))
     ap.add_argument("--throughput-size", type=int, default=512)
     ap.add_argument("--throughput-dates", type=int, default=1)
+    ap.add_argument("--csmask", action="store_true", help="also run the ukis-csmask sections")
+    ap.add_argument("--csmask-only", action="store_true", help="run only the ukis-csmask sections")
+    ap.add_argument("--skip-quality", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.csmask or args.csmask_only:
+        if not args.skip_quality:
+            print("\n## ukis-csmask: quality\n")
+            print("\n".join(csmask_quality(args.data)))
+        print("\n## ukis-csmask: chunked with halo vs whole image (29RKH, 100 m)\n")
+        print("\n".join(csmask_chunking(args.data)))
+        print("\n## ukis-csmask: speed per window, one onnxruntime thread\n")
+        print("\n".join(csmask_speed()))
+        print("\n## OCM graph build with in-memory models\n")
+        try:
+            print("\n".join(ocm_graph_cost()))
+        except ImportError as e:
+            print(f"omnicloudmask not installed: skipped ({e})")
+        if args.csmask_only:
+            return
     weights = args.ocm_weights
     if weights is not None:
         from s2mosaic.errors import ModelWeightsError

@@ -179,7 +179,8 @@ def mosaic(
     groupby
         ``"solar_day"`` only: adjacent tiles of one overpass are one observation.
     mask
-        ``"scl"``, ``"ocm"``, ``"ocm+scl"``, ``"s2cloudless"``, ``"none"``, a
+        ``"scl"``, ``"ocm"``, ``"ocm+scl"``, ``"s2cloudless"``, ``"csmask"``,
+        ``"csmask+scl"``, ``"none"``, a
         :class:`~s2mosaic._spec.MaskSpec` or its fields as a dict.
     method, q, min_observations
         The composite (see :func:`s2mosaic.composite.composite`): ``percentile`` (``q`` in
@@ -329,7 +330,8 @@ def _mask_spec(mask: Any) -> MaskSpec:
         raise ArgumentError(f"mask={dict(mask)!r}: {e}; valid keys are "
                             f"{sorted(MaskSpec.field_names())}") from None
     raise ArgumentTypeError(f"mask must be a method name ('scl', 'ocm', 'ocm+scl', 's2cloudless', "
-                            f"'none'), a MaskSpec or a dict of its fields; got {mask!r}")
+                            f"'csmask', 'csmask+scl', 'none'), a MaskSpec or a dict of its fields; "
+                            f"got {mask!r}")
 
 
 def _chunks(chunks: Any) -> int:

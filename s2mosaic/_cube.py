@@ -35,6 +35,7 @@ from ._items import (
     boa_offset,
     item_datetime,
     mask_band_keys,
+    processing_level,
     resolve_band,
     scl_asset_key,
     solar_day,
@@ -45,6 +46,7 @@ from .errors import CubeError, DataError, MissingDependencyError
 
 __all__ = [
     "GDAL_SETTINGS",
+    "LEVELS_ATTR",
     "MASK_BANDS_ATTR",
     "SCL_VAR",
     "apply_boa_offsets",
@@ -60,6 +62,8 @@ __all__ = [
 SCL_VAR = "scl"
 #: Cube attribute listing, in the masker's band order, the variables a cloud masker reads.
 MASK_BANDS_ATTR = "mask_bands"
+#: Cube attribute: the items' processing levels (``L1C``/``L2A``, ``unknown``), sorted, distinct.
+LEVELS_ATTR = "processing_levels"
 #: Prefix of cube variables loaded only for a masker (bands not already in ``spec.bands``).
 _MASK_VAR_PREFIX = "mask_"
 
@@ -181,6 +185,7 @@ def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) ->
     ds = apply_boa_offsets(ds, list(keys), offsets)
     ds.attrs["boa_offsets"] = {name: [o[i] for o in offsets] for i, name in enumerate(keys)}
     ds.attrs[MASK_BANDS_ATTR] = mask_vars
+    ds.attrs[LEVELS_ATTR] = sorted({processing_level(i) or "unknown" for i in items})
     return ds
 
 

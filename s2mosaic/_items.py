@@ -22,6 +22,7 @@ from shapely.geometry.base import BaseGeometry
 from .errors import DataError, SearchError
 
 __all__ = [
+    "CSMASK_BANDS",
     "EARTH_SEARCH_NAMES",
     "OCM_BANDS",
     "S2CLOUDLESS_BANDS",
@@ -42,6 +43,7 @@ __all__ = [
     "mask_band_keys",
     "mgrs_tile",
     "processing_baseline",
+    "processing_level",
     "resolve_band",
     "scl_asset_key",
     "solar_day",
@@ -57,6 +59,10 @@ S2CLOUDLESS_BANDS: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", 
 #: ... or only the 10 its classifier uses (``all_bands=False``).
 S2CLOUDLESS_MODEL_BANDS: tuple[str, ...] = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09",
                                             "B10", "B11", "B12")
+#: ukis-csmask inputs in its models' order: blue, green, red, NIR (B08, the 10 m NIR its
+#: training used), and for the 6-band models SWIR 1.6 and 2.2 µm.
+CSMASK_BANDS: tuple[tuple[str, ...], ...] = (("B02", "blue"), ("B03", "green"), ("B04", "red"),
+                                             ("B08", "nir"), ("B11", "swir16"), ("B12", "swir22"))
 #: ESA band id → Earth Search asset key.
 EARTH_SEARCH_NAMES: dict[str, str] = {
     "B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1",
@@ -79,6 +85,8 @@ class MaskBands(Protocol):
     def uses_ocm(self) -> bool: ...
     @property
     def s2cloudless_all_bands(self) -> bool: ...
+    @property
+    def csmask_bands(self) -> int: ...
 
 
 # -- bands and assets -----------------------------------------------------------------------------
@@ -144,7 +152,8 @@ def mask_band_keys(item: pystac.Item, mask: MaskBands) -> list[str]:
     """Asset keys of the bands ``mask.method``'s cloud masker reads, in the masker's order.
 
     OmniCloudMask: red, green, NIR (B8A, else B08). s2cloudless: the 13 L1C bands (or the 10 its
-    model uses). SCL is not listed here (see :func:`scl_asset_key`). Empty for ``scl``/``none``.
+    model uses). ukis-csmask: blue, green, red, NIR (B08), plus SWIR 1.6/2.2 µm (B11, B12) for
+    the 6-band model. SCL is not listed here (see :func:`scl_asset_key`). Empty for ``scl``/``none``.
     """
     field = f"mask.method {mask.method}"
     if mask.uses_ocm:
@@ -152,7 +161,28 @@ def mask_band_keys(item: pystac.Item, mask: MaskBands) -> list[str]:
     if mask.method == "s2cloudless":
         bands = S2CLOUDLESS_BANDS if mask.s2cloudless_all_bands else S2CLOUDLESS_MODEL_BANDS
         return [_resolve_first(item, (b, EARTH_SEARCH_NAMES[b]), field) for b in bands]
+    if mask.method in ("csmask", "csmask+scl"):
+        field += f" with mask.csmask_bands {mask.csmask_bands}"
+        return [_resolve_first(item, names, field) for names in CSMASK_BANDS[:mask.csmask_bands]]
     return []
+
+
+_LEVEL_IN_TEXT = re.compile(r"(?:^|[^a-z0-9])(?:msi)?(l1c|l2a)(?:$|[^a-z0-9])|msi(l1c|l2a)|s2msi(1c|2a)")
+
+
+def processing_level(item: pystac.Item) -> str | None:
+    """``L1C`` or ``L2A``: the item's processing level, from ``processing:level``,
+    ``s2:product_type`` (``S2MSI2A``), its collection id (``sentinel-2-l2a``) or its id
+    (``S2A_MSIL1C_…``, ``…_L2A``), in that order; None when none of them says."""
+    for text in (item.properties.get("processing:level"), item.properties.get("s2:product_type"),
+                 item.collection_id, item.id):
+        if not isinstance(text, str):
+            continue
+        m = _LEVEL_IN_TEXT.search(text.lower())
+        if m:
+            level = next(g for g in m.groups() if g)
+            return "L" + level[-2:].upper() if len(level) == 2 else level.upper()
+    return None
 
 
 # -- data type and nodata -------------------------------------------------------------------------

@@ -30,7 +30,7 @@ __all__ = ["masked_cube", "mosaic", "provenance", "software_versions"]
 
 _PACKAGES = ("s2mosaic", "numpy", "numba", "dask", "distributed", "xarray", "odc-stac", "odc-geo",
              "odc-loader", "pystac", "pystac-client", "rasterio", "zarr", "stackstac",
-             "omnicloudmask", "torch", "s2cloudless", "lightgbm")
+             "omnicloudmask", "torch", "s2cloudless", "lightgbm", "ukis-csmask", "onnxruntime")
 
 
 def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
@@ -154,6 +154,9 @@ def _mask_record(spec: MosaicSpec) -> dict[str, Any]:
             "published_sha256": {w.name: w.sha256 for w in OCM_WEIGHT_FILES},
             "resolution_m": m.ocm_resolution,
         }
+    if m.uses_csmask:
+        out["csmask"] = {"bands": m.csmask_bands, "level": m.csmask_level or "from the items",
+                         "resolution_m": m.csmask_resolution, "halo": m.csmask_halo}
     if m.method == "s2cloudless":
         out["s2cloudless"] = {"threshold": m.s2cloudless_threshold,
                               "average_over": m.s2cloudless_average_over,

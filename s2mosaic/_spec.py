@@ -37,6 +37,8 @@ from .errors import SpecError
 __all__ = [
     "BAND_DTYPES",
     "COMPOSITE_METHODS",
+    "CSMASK_BANDS",
+    "CSMASK_LEVELS",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_SCL_INVALID",
     "LOADERS",
@@ -96,7 +98,11 @@ LOADERS: tuple[str, ...] = ("odc-stac", "stackstac")
 ON_READ_ERROR: tuple[str, ...] = ("skip", "fail")
 #: ``runtime.device``: where a mosaic's per-chunk mask + composite runs (:mod:`s2mosaic._device`).
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
-MASK_METHODS: tuple[str, ...] = ("scl", "ocm", "ocm+scl", "s2cloudless", "none")
+MASK_METHODS: tuple[str, ...] = ("scl", "ocm", "ocm+scl", "s2cloudless", "csmask", "csmask+scl",
+                                  "none")
+#: ukis-csmask models: number of input bands, and processing levels (``None``: from the items).
+CSMASK_BANDS: tuple[int, ...] = (4, 6)
+CSMASK_LEVELS: tuple[str, ...] = ("L1C", "L2A")
 #: Scene selection methods (:mod:`s2mosaic._select`).
 SELECT_METHODS: tuple[str, ...] = ("all", "min-cover")
 #: Default ``grid.max_pixels``: Asia (44.6 million km²) at 10 m, 4.46e11 pixels, rounded up. A
@@ -351,7 +357,9 @@ class MaskSpec(Section):
     """``scl``: the Sentinel-2 scene classification layer (L2A). ``ocm``: OmniCloudMask (a
     PyTorch ensemble; any class but clear is invalid). ``ocm+scl``: the union of both.
     ``s2cloudless``: Sentinel Hub's pixel classifier on the 13 L1C bands (its model ships with
-    the package). ``none``: only nodata is masked."""
+    the package). ``csmask``: DLR's ukis-csmask CNN (ONNX weights ship in its wheel; cloud and
+    cloud shadow are invalid); ``csmask+scl``: the union with SCL. ``none``: only nodata is
+    masked."""
     scl_classes: tuple[int, ...] = DEFAULT_SCL_INVALID
     """SCL classes treated as invalid. Default: 0, 1, 3, 8, 9, 10 (add 11 to drop snow)."""
     dilation: int = 0
@@ -384,6 +392,19 @@ class MaskSpec(Section):
     """Radius (pixels) of the disk the cloud mask is dilated with; 0: no dilation."""
     s2cloudless_all_bands: bool = True
     """Read all 13 L1C bands (true) or only the 10 the model uses (false); same result."""
+    csmask_bands: int = 4
+    """ukis-csmask model: 4 (blue, green, red, NIR) or 6 (adds SWIR 1.6 and 2.2 µm, loaded for
+    the masker only when ``bands`` lacks them)."""
+    csmask_level: str | None = None
+    """ukis-csmask model for ``L1C`` (TOA) or ``L2A`` (BOA) input; None: the items' processing
+    level (their collection, ``s2:product_type`` or product id)."""
+    csmask_resolution: float = 30.0
+    """Pixel size (metres, 10-60) ukis-csmask runs at (its models are trained at about 30 m):
+    the coarsest whole multiple of the output pixel not larger than this."""
+    csmask_halo: int = 64
+    """Context (pixels at ``csmask_resolution``) read beyond each chunk edge and trimmed after."""
+    csmask_batch_size: int = 1
+    """256 px tiles per ONNX inference call."""
 
     def __post_init__(self) -> None:
         self._set("method", choice("method", self.method, MASK_METHODS))
@@ -416,16 +437,35 @@ class MaskSpec(Section):
             self._set(name, number(name, getattr(self, name), low=0, integer=True))
         if not isinstance(self.s2cloudless_all_bands, bool):
             raise fail("s2cloudless_all_bands", self.s2cloudless_all_bands, "expected true or false")
+        if isinstance(self.csmask_bands, bool) or self.csmask_bands not in CSMASK_BANDS:
+            raise fail("csmask_bands", self.csmask_bands,
+                       "expected 4 (blue, green, red, NIR) or 6 (also SWIR 1.6 and 2.2 µm)")
+        if self.csmask_level is not None:
+            level = str(self.csmask_level).upper() if isinstance(self.csmask_level, str) else None
+            if level not in CSMASK_LEVELS:
+                raise fail("csmask_level", self.csmask_level,
+                           f"expected one of {list(CSMASK_LEVELS)}, or null to take it from the items")
+            self._set("csmask_level", level)
+        self._set("csmask_resolution",
+                  number("csmask_resolution", self.csmask_resolution, low=10, high=60))
+        self._set("csmask_halo", number("csmask_halo", self.csmask_halo, low=0, integer=True))
+        self._set("csmask_batch_size",
+                  number("csmask_batch_size", self.csmask_batch_size, low=1, integer=True))
 
     @property
     def uses_scl(self) -> bool:
-        """True when the method reads the SCL layer (``scl``, ``ocm+scl``)."""
-        return self.method in ("scl", "ocm+scl")
+        """True when the method reads the SCL layer (``scl``, ``ocm+scl``, ``csmask+scl``)."""
+        return self.method in ("scl", "ocm+scl", "csmask+scl")
 
     @property
     def uses_ocm(self) -> bool:
         """True when the method runs OmniCloudMask (``ocm``, ``ocm+scl``)."""
         return self.method in ("ocm", "ocm+scl")
+
+    @property
+    def uses_csmask(self) -> bool:
+        """True when the method runs ukis-csmask (``csmask``, ``csmask+scl``)."""
+        return self.method in ("csmask", "csmask+scl")
 
 
 @dataclass(frozen=True)

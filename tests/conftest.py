@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from s2mosaic._spec import MosaicSpec
+
+from .objectstore import ObjectStore
+from .served import Scenes
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -83,3 +88,27 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+
+
+# -- six demo scenes served over loopback HTTP (tests/served.py): test_faults, test_dropped ------
+@pytest.fixture(scope="module")
+def scenes(demo_catalog: Path) -> Scenes:
+    return Scenes(demo_catalog)
+
+
+@pytest.fixture(scope="module")
+def served_clean(scenes: Scenes, tmp_path_factory: pytest.TempPathFactory) -> MosaicSpec:
+    """A fault-free run of ``scenes`` from the local files, to compare with."""
+    import s2mosaic
+
+    spec = scenes.spec(tmp_path_factory.mktemp("clean"))
+    report = s2mosaic.run(spec, items=scenes.items)
+    assert report.tiles["total"] == report.tiles["computed"] == 2
+    return spec
+
+
+@pytest.fixture
+def store(scenes: Scenes) -> Iterator[ObjectStore]:
+    """The loopback object store serving the demo catalog's folder; faults go in ``.faults``."""
+    with ObjectStore(scenes.catalog.parent) as s:
+        yield s

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +26,10 @@ from s2mosaic.errors import ArgumentError, DroppedScenesWarning, RunError, Scene
 
 from .objectstore import Fault, ObjectStore
 from .oracle import assert_identical_outputs
-from .test_faults import FAST, Scenes
+from .served import FAST, Scenes
 
 #: Give up on a broken file quickly: one GDAL retry per request, one tile retry.
 QUICK: dict[str, Any] = {**FAST, "read_retries": 1, "read_backoff_s": 0.05, "retries": 1}
-
-
-@pytest.fixture(scope="module")
-def scenes(demo_catalog: Path) -> Scenes:
-    return Scenes(demo_catalog)
-
-
-@pytest.fixture(scope="module")
-def clean(scenes: Scenes, tmp_path_factory: pytest.TempPathFactory) -> MosaicSpec:
-    """A fault-free run from the local files."""
-    spec = scenes.spec(tmp_path_factory.mktemp("clean"))
-    s2mosaic.run(spec, items=scenes.items)
-    return spec
-
-
-@pytest.fixture
-def store(scenes: Scenes) -> Iterator[ObjectStore]:
-    with ObjectStore(scenes.catalog.parent) as s:
-        yield s
 
 
 def _path(scenes: Scenes, item: int, asset: str) -> str:
@@ -60,7 +40,7 @@ def _path(scenes: Scenes, item: int, asset: str) -> str:
 
 @pytest.mark.parametrize("kind", ["status", "corrupt"])
 def test_an_unreadable_scene_is_dropped_named_and_read_again_later(
-        scenes: Scenes, clean: MosaicSpec, store: ObjectStore, tmp_path: Path,
+        scenes: Scenes, served_clean: MosaicSpec, store: ObjectStore, tmp_path: Path,
         kind: str) -> None:
     victim = scenes.items[2]
     name = _path(scenes, 2, "B04")
@@ -103,7 +83,7 @@ def test_an_unreadable_scene_is_dropped_named_and_read_again_later(
         fixed = s2mosaic.run(spec, items=served, resume=True, retry_dropped=True)
     assert fixed.status == "complete" and fixed.scenes_dropped == []
     assert (fixed.tiles["computed"], fixed.tiles["resumed"], fixed.tiles["degraded"]) == (2, 0, 0)
-    assert_identical_outputs(clean.output, spec.output)
+    assert_identical_outputs(served_clean.output, spec.output)
     assert json.loads(spec.output.metadata_path.read_text())["dropped_scenes"] == []  # type: ignore[union-attr]
 
 

@@ -11,77 +11,20 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pystac
 import pytest
-import shapely
 
 import s2mosaic
 from s2mosaic._cube import gdal_settings
 from s2mosaic._spec import MosaicSpec, RuntimeSpec
 from s2mosaic._tiles import MAX_RETRY_WAIT_S, TileLoop
-from s2mosaic.demo import demo_spec
 from s2mosaic.errors import SpecError
 
 from .objectstore import Fault, ObjectStore
 from .oracle import assert_identical_outputs
-
-#: Short limits for loopback reads: a stalled request is abandoned after a second.
-FAST: dict[str, Any] = {"read_timeout_s": 1, "connect_timeout_s": 1, "read_retries": 4,
-                        "read_backoff_s": 0.25}
-
-
-class Scenes:
-    """Six scenes of tile 32TQT and an AOI inside it that makes two run tiles."""
-
-    def __init__(self, catalog: Path) -> None:
-        self.catalog = catalog
-        found = s2mosaic.search(demo_spec(catalog, catalog.parent))
-        self.items = [i for i in found if i.properties["s2:mgrs_tile"] == "32TQT"][:6]
-        other = next(i for i in found if i.properties["s2:mgrs_tile"] == "33TTN")
-        only = shapely.geometry.shape(self.items[0].geometry).difference(
-            shapely.geometry.shape(other.geometry).buffer(0.002))
-        c = only.representative_point()
-        self.aoi = [c.x - 0.005, c.y - 0.0025, c.x + 0.005, c.y + 0.0025]  # 60 x 79 px
-
-    def spec(self, out: Path, **runtime: Any) -> MosaicSpec:
-        return demo_spec(self.catalog, out).replace(
-            aoi=self.aoi, runtime={"chunks": 64, "tile_size": 64, "scheduler": "synchronous",
-                                   **runtime},
-            output={"zarr": out / "m.zarr", "cog": out / "m.tif"})
-
-    def served(self, store: ObjectStore) -> list[pystac.Item]:
-        """The scenes with every asset read from ``store`` (copies: the originals stay)."""
-        out = []
-        for item in self.items:
-            copy = item.clone()
-            for asset in copy.assets.values():
-                asset.href = store.url(asset.get_absolute_href() or asset.href)
-            out.append(copy)
-        return out
-
-
-@pytest.fixture(scope="module")
-def scenes(demo_catalog: Path) -> Scenes:
-    return Scenes(demo_catalog)
-
-
-@pytest.fixture(scope="module")
-def clean(scenes: Scenes, tmp_path_factory: pytest.TempPathFactory) -> MosaicSpec:
-    """A fault-free run from the local files, to compare with."""
-    spec = scenes.spec(tmp_path_factory.mktemp("clean"))
-    report = s2mosaic.run(spec, items=scenes.items)
-    assert report.tiles["total"] == report.tiles["computed"] == 2
-    return spec
-
-
-@pytest.fixture
-def store(scenes: Scenes) -> Iterator[ObjectStore]:
-    with ObjectStore(scenes.catalog.parent) as s:
-        yield s
+from .served import FAST, Scenes
 
 
 def _second(match: str, kind: str) -> Fault:
@@ -105,7 +48,7 @@ def _after(store: ObjectStore, fault: str) -> list[tuple[str, str | None]]:
 
 # -- what each fault does to a run ------------------------------------------------------------
 @pytest.mark.timeout(120, method="thread")  # without a read time-out the stall hangs for good
-def test_a_stalled_request_is_abandoned_and_retried(scenes: Scenes, clean: MosaicSpec,
+def test_a_stalled_request_is_abandoned_and_retried(scenes: Scenes, served_clean: MosaicSpec,
                                                     store: ObjectStore, tmp_path: Path) -> None:
     store.faults.append(_second("B04.tif", "stall"))
     spec = scenes.spec(tmp_path, **FAST)
@@ -115,10 +58,10 @@ def test_a_stalled_request_is_abandoned_and_retried(scenes: Scenes, clean: Mosai
     assert [r.fault for r in stalled].count("stall") == 1
     (_path, rng), = _after(store, "stall")
     assert rng is not None  # a range request never answered, then asked again and answered
-    assert_identical_outputs(clean.output, spec.output)
+    assert_identical_outputs(served_clean.output, spec.output)
 
 
-def test_transient_http_faults_are_absorbed(scenes: Scenes, clean: MosaicSpec, store: ObjectStore,
+def test_transient_http_faults_are_absorbed(scenes: Scenes, served_clean: MosaicSpec, store: ObjectStore,
                                            tmp_path: Path) -> None:
     """GDAL retries the 503s, the 429 and the reset itself; the short body cuts a read of a whole
     (small) SCL file, which fails its tile: the tile's retry reads it again."""
@@ -134,10 +77,10 @@ def test_transient_http_faults_are_absorbed(scenes: Scenes, clean: MosaicSpec, s
     assert [f.hits for f in store.faults] == [2, 1, 1, 1]
     assert {s for s in (503, 429) if store.requests(status=s)} == {503, 429}
     assert _after(store, "reset") and _after(store, "truncate")
-    assert_identical_outputs(clean.output, spec.output)
+    assert_identical_outputs(served_clean.output, spec.output)
 
 
-def test_a_server_down_for_seconds_is_ridden_out(scenes: Scenes, clean: MosaicSpec,
+def test_a_server_down_for_seconds_is_ridden_out(scenes: Scenes, served_clean: MosaicSpec,
                                                  store: ObjectStore, tmp_path: Path) -> None:
     went_down: list[int] = []
     downtime: list[threading.Thread] = []
@@ -159,11 +102,11 @@ def test_a_server_down_for_seconds_is_ridden_out(scenes: Scenes, clean: MosaicSp
     assert report.status == "complete" and report.tiles["failed"] == 0
     assert went_down and len(store.log) > went_down[0]  # reads went on after the outage
     assert report.tiles["retried"] >= 1 and report.retry_wait_s > 0
-    assert_identical_outputs(clean.output, spec.output)
+    assert_identical_outputs(served_clean.output, spec.output)
 
 
 @pytest.mark.timeout(120, method="thread")  # a worker without the time-out hangs for good
-def test_time_outs_reach_distributed_workers(scenes: Scenes, clean: MosaicSpec, store: ObjectStore,
+def test_time_outs_reach_distributed_workers(scenes: Scenes, served_clean: MosaicSpec, store: ObjectStore,
                                              tmp_path: Path, dask_client: Any) -> None:
     """The read time-out travels in the graph to worker processes, whose environment has none."""
     import os
@@ -174,11 +117,11 @@ def test_time_outs_reach_distributed_workers(scenes: Scenes, clean: MosaicSpec, 
     report = s2mosaic.run(spec, items=scenes.served(store), client=dask_client)
     assert report.status == "complete"
     assert len(_after(store, "stall")) == 1
-    assert_identical_outputs(clean.output, spec.output)
+    assert_identical_outputs(served_clean.output, spec.output)
 
 
 def test_a_fault_outlasting_gdal_retries_fails_the_tile_once(
-        scenes: Scenes, clean: MosaicSpec, store: ObjectStore, tmp_path: Path) -> None:
+        scenes: Scenes, served_clean: MosaicSpec, store: ObjectStore, tmp_path: Path) -> None:
     """503s on one scene's file until GDAL gives up: the tile fails, waits its backoff, and its
     retry reads the file afresh (GDAL had remembered it as missing) and succeeds."""
     spec = scenes.spec(tmp_path, **{**FAST, "read_retries": 1, "read_backoff_s": 0.1})
@@ -192,7 +135,7 @@ def test_a_fault_outlasting_gdal_retries_fails_the_tile_once(
     assert '"retry_wait_s"' in (tmp_path / "m.report.json").read_text()
     assert len(store.requests(path=name, status=503)) == spec.runtime.read_retries + 1
     assert store.requests(path=name, status=200)  # read afresh on the tile's retry
-    assert_identical_outputs(clean.output, spec.output)
+    assert_identical_outputs(served_clean.output, spec.output)
 
 
 # -- the settings -----------------------------------------------------------------------------

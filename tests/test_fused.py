@@ -2,9 +2,9 @@
 ``runtime.device`` resolution on real distributed clusters.
 
 The fused task with NumPy must give the layered path's bytes for every mask method that needs
-no model (``scl``, ``none``; s2cloudless needs the 13 L1C bands the L2A demo has not, OCM torch),
-with and without dilation/buffers, for every composite method; the ``gpu`` tests check the same
-on CuPy and skip here with the reason.
+no torch (``scl``, ``none``, ``csmask+scl``; s2cloudless needs the 13 L1C bands the L2A demo has
+not, OCM needs torch), with and without dilation/buffers, for every composite method; the
+``gpu`` tests check the same on CuPy and skip here with the reason.
 """
 
 from __future__ import annotations
@@ -157,6 +157,27 @@ def test_fused_external_cloud_mask(demo: Any, cube: xr.Dataset, monkeypatch: pyt
     assert calls == [1, 1]
     _assert_same(expected, got)
     assert not np.array_equal(only_scl["count"].values, got["count"].compute().values)
+
+
+@pytest.mark.parametrize("method", ["percentile", "medoid"])
+def test_fused_with_csmask_is_byte_identical(demo: Any, method: str) -> None:
+    """A model masker without torch (ukis-csmask, ONNX) runs in its own tasks and feeds the
+    fused task its cloud mask, which the task unites with SCL's and dilates."""
+    pytest.importorskip("ukis_csmask", reason="ukis-csmask is not installed: pip install "
+                        "'s2mosaic-stream[csmask]'")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install "
+                        "'s2mosaic-stream[csmask]'")
+    spec, items, gbox = demo
+    spec = spec.replace(mask={"method": "csmask+scl", "dilation": 2},
+                        composite=_composite_section(method))
+    gbox = gbox[0:128, 0:192]
+    with dask.config.set(scheduler="threads"):
+        cube = load_cube(items, spec, gbox).persist()
+    expected = _layered(spec, cube, gbox)
+    scl_only = _layered(spec.replace(mask={"method": "scl", "dilation": 2}), cube, gbox)
+    got = _fused(spec, cube, gbox)
+    _assert_same(expected, got)
+    assert not np.array_equal(scl_only["count"].values, got["count"].values)  # csmask matters
 
 
 def test_fused_graph_has_one_task_per_chunk(demo: Any, cube: xr.Dataset) -> None:

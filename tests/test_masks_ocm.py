@@ -377,3 +377,25 @@ def test_relative_weights_dir_resolves_against_the_yaml(tmp_path: Path) -> None:
         "source: catalog.json\nmask: {method: ocm+scl, ocm_weights: models/ocm-v4}\n")
     spec = MosaicSpec.from_yaml(tmp_path / "spec.yaml")
     assert spec.mask.ocm_weights == tmp_path / "models" / "ocm-v4"
+
+
+def test_in_memory_models_are_named_by_identity_not_by_weights(models: list[torch.nn.Module]) -> None:
+    """ctx.models get a cheap token (no hashing of weights at each graph build) that still tells
+    different models apart: the same objects give the same task names, a copy with other
+    weights gives other names."""
+    import copy
+
+    from dask.base import tokenize
+
+    from s2mosaic.masks.omnicloud import InMemoryModels
+
+    cube, mask = _cube(), MaskSpec(method="ocm", ocm_halo=HALO)
+    name = ocm_classes(cube, mask, MaskContext(gpu=False, models=models)).data.name
+    assert ocm_classes(cube, mask, MaskContext(gpu=False, models=models)).data.name == name
+    other = [copy.deepcopy(m) for m in models]
+    with torch.no_grad():
+        next(other[0].parameters()).add_(1.0)
+    assert ocm_classes(cube, mask, MaskContext(gpu=False, models=other)).data.name != name
+    token = InMemoryModels(tuple(models)).__dask_tokenize__()
+    assert tokenize(InMemoryModels(tuple(models))) == tokenize(InMemoryModels(tuple(models)))
+    assert len(token[1]) == len(models) and len(set(token[1])) == len(models)

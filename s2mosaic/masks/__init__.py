@@ -1,7 +1,9 @@
-"""Observation validity masks: nodata, SCL classes, OmniCloudMask, s2cloudless, buffers.
+"""Observation validity masks: nodata, SCL classes, OmniCloudMask, s2cloudless, ukis-csmask,
+buffers.
 
-``valid_mask`` is the entry point; each masker is importable on its own. The OmniCloudMask and
-s2cloudless modules import their heavy dependencies (torch, LightGBM) only when they run.
+``valid_mask`` is the entry point; each masker is importable on its own. The OmniCloudMask,
+s2cloudless and ukis-csmask modules import their heavy dependencies (torch, LightGBM,
+onnxruntime) only when they run.
 """
 
 from ._context import CloudMasker, MaskContext, nodata_mask, pixel_size_m

@@ -31,7 +31,8 @@ class MaskContext:
     resource ``GPU``). None: ask the current ``distributed`` client, if any."""
     models: Any = None
     """OmniCloudMask only: a list of ``torch.nn.Module`` used instead of the weights directory
-    (tests, custom models). They travel inside the graph, so keep them for local schedulers."""
+    (tests, custom models). They travel inside the graph, so keep them for local schedulers;
+    Dask names their tasks by the models' identity, not by hashing their weights."""
 
 
 class CloudMasker(Protocol):

@@ -1,4 +1,5 @@
-"""Combining and buffering masks: nodata, SCL, OmniCloudMask, s2cloudless → one validity mask.
+"""Combining and buffering masks: nodata, SCL, OmniCloudMask, s2cloudless, ukis-csmask → one
+validity mask.
 
 Every cloud masker returns a lazy boolean ``(time, y, x)`` "invalid" array on the cube's grid.
 `valid_mask` takes their union (``ocm+scl``), grows it by ``mask.dilation`` pixels or
@@ -47,12 +48,20 @@ def _s2cloudless(cube: xr.Dataset, mask: MaskSpec, ctx: MaskContext) -> xr.DataA
     return s2cloudless_invalid(cube, mask)
 
 
+def _csmask(cube: xr.Dataset, mask: MaskSpec, ctx: MaskContext) -> xr.DataArray:
+    from .csmask import csmask_invalid
+
+    return csmask_invalid(cube, mask, ctx)
+
+
 #: The maskers each ``mask.method`` combines (their union).
 MASKERS: dict[str, tuple[CloudMasker, ...]] = {
     "scl": (_scl,),
     "ocm": (_ocm,),
     "ocm+scl": (_ocm, _scl),
     "s2cloudless": (_s2cloudless,),
+    "csmask": (_csmask,),
+    "csmask+scl": (_csmask, _scl),
     "none": (),
 }
 
@@ -103,7 +112,7 @@ def context_pixels(mask: MaskSpec, geobox: GeoBox) -> tuple[int, int]:
     """(y, x) output pixels around a pixel that its validity can depend on.
 
     The buffer/dilation, plus the s2cloudless averaging and dilation window, plus the
-    OmniCloudMask context halo (rounded up to whole OCM pixels). A tile computed with this
+    OmniCloudMask or ukis-csmask context halo (rounded up to whole model pixels). A tile computed with this
     margin of extra pixels on every side gets the same mask inside as the whole grid would
     (exactly for SCL, buffers and s2cloudless; OCM sees at least its configured context).
     """
@@ -118,6 +127,12 @@ def context_pixels(mask: MaskSpec, geobox: GeoBox) -> tuple[int, int]:
 
         factor = ocm_factor(mask.ocm_resolution, pixel_size_m(geobox=geobox))
         reach = [-(-(r + mask.ocm_halo * f) // f) * f for r, f in zip(reach, factor, strict=True)]
+    if mask.uses_csmask:
+        from .omnicloud import ocm_factor
+
+        factor = ocm_factor(mask.csmask_resolution, pixel_size_m(geobox=geobox))
+        reach = [-(-(r + mask.csmask_halo * f) // f) * f
+                 for r, f in zip(reach, factor, strict=True)]
     return (reach[0], reach[1])
 
 

@@ -27,7 +27,9 @@ import math
 import os
 import sys
 import threading
+import uuid
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -47,6 +49,7 @@ __all__ = [
     "OCM_CLASSES",
     "OCM_MODEL_VERSION",
     "OCM_WEIGHT_FILES",
+    "InMemoryModels",
     "OcmParams",
     "cluster_has_gpu",
     "gpu_annotations",
@@ -290,6 +293,42 @@ def _models(directory: str, device: str, dtype: str) -> list[Any]:
         return models
 
 
+# -- models given in memory (ctx.models) ----------------------------------------------------------
+_MODEL_TOKENS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_TOKENS_LOCK = threading.Lock()
+
+
+def _model_token(model: Any) -> str:
+    """A random id given to ``model`` the first time it is seen, the same while it lives."""
+    with _TOKENS_LOCK:
+        try:
+            token = _MODEL_TOKENS.get(model)
+            if token is None:
+                token = _MODEL_TOKENS[model] = uuid.uuid4().hex
+            return token
+        except TypeError:  # not weak-referenceable: its id is unique while it lives
+            return f"id-{id(model):x}"
+
+
+@dataclass(frozen=True, eq=False)
+class InMemoryModels:
+    """The ``torch.nn.Module`` ensemble of ``MaskContext.models``, as it travels in the graph.
+
+    Dask tokenizes every argument of a task to name it; for a module that means hashing every
+    weight (0.4 s for OCM's ensemble at each graph build). The token here is the identity of the
+    model objects instead: the same objects give the same task names, other objects other names.
+    Changing a model's weights in place after building a graph is not seen by the token.
+    """
+
+    models: tuple[Any, ...]
+
+    def __iter__(self) -> Any:
+        return iter(self.models)
+
+    def __dask_tokenize__(self) -> tuple[str, tuple[str, ...]]:
+        return ("s2mosaic.ocm-models", tuple(_model_token(m) for m in self.models))
+
+
 # -- GPU workers ----------------------------------------------------------------------------
 def cluster_has_gpu(client: Any = None) -> bool:
     """True when a worker of ``client``'s cluster (default: the current client) advertises the
@@ -409,7 +448,8 @@ def ocm_classes(cube: xr.Dataset, mask: MaskSpec, ctx: MaskContext | None = None
     factor = ocm_factor(mask.ocm_resolution, pixel_size_m(cube, ctx.geobox))
     depth = (mask.ocm_halo * factor[0], mask.ocm_halo * factor[1])
     if ctx.models is not None:
-        source: Any = list(ctx.models) if isinstance(ctx.models, list | tuple) else [ctx.models]
+        given = ctx.models if isinstance(ctx.models, list | tuple) else [ctx.models]
+        source: Any = InMemoryModels(tuple(given))
     else:
         source = str(resolve_weights_dir(mask))
     arrays = dask_inputs(cube, names)
