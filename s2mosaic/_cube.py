@@ -65,7 +65,7 @@ MASK_BANDS_ATTR = "mask_bands"
 #: Cube attribute: the items' processing levels (``L1C``/``L2A``, ``unknown``), sorted, distinct.
 LEVELS_ATTR = "processing_levels"
 #: Prefix of cube variables loaded only for a masker (bands not already in ``spec.bands``).
-_MASK_VAR_PREFIX = "mask_"
+MASK_VAR_PREFIX = "mask_"
 
 #: GDAL options for fast, quiet COG reads over HTTP(S)/S3 and local files; the time-outs and
 #: retries come from the spec (:func:`gdal_settings`).
@@ -163,7 +163,7 @@ def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) ->
     for key in mask_band_keys(ref, spec.mask):
         name = next((n for n, k in keys.items() if k == key), None)
         if name is None:
-            name = f"{_MASK_VAR_PREFIX}{key}"
+            name = f"{MASK_VAR_PREFIX}{key}"
             keys[name] = key
         mask_vars.append(name)
     scl = scl_asset_key(ref) if spec.mask.uses_scl else None

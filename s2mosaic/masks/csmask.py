@@ -254,10 +254,10 @@ def csmask_invalid(cube: xr.Dataset, mask: MaskSpec,
     SWIR) do not invalidate pixels by their own nodata: where only they are missing the
     masker has no opinion (class ``NO_INPUT``) and the output bands' validity stands.
     """
-    from .._cube import _MASK_VAR_PREFIX
+    from .._cube import MASK_VAR_PREFIX
 
     names = _input_vars(cube, mask)
     classes = csmask_classes(cube, mask, ctx)
     invalid = (classes == 1) | (classes == 2)
-    own = [n for n in names if not n.startswith(_MASK_VAR_PREFIX)]
+    own = [n for n in names if not n.startswith(MASK_VAR_PREFIX)]
     return invalid | nodata_mask(cube, own) if own else invalid
