@@ -15,6 +15,7 @@ read is a cross-zone warp), on ONE LocalCluster (2 worker processes × 1 thread)
   only, the items given (no search), chunks ``chunks``;
 - **s2mosaic, SCL warped**: the same with the native SCL read switched off (the path before
   issue 18), for the native SCL gain;
+- **SCL alone** (after the rounds): the SCL of the one-zone items only, native against warped;
 - **baseline**: what users write by hand - ``odc.stac.load`` (same items, grid, chunks,
   groupby solar day) → ``where(SCL in {4, 5, 6, 7, 11} & band != 0)`` → ``quantile(0.25,
   skipna)`` → ``to_zarr``.
@@ -151,6 +152,24 @@ def s2mosaic_run(spec: Any, items: list[Any], client: Any, *, native: bool) -> f
         cube_mod.plan_native_scl = plan
 
 
+def scl_only(spec: Any, items: list[Any], gbox: Any, *, native: bool) -> float:
+    """Compute the cube's SCL (nothing else) on the cluster that is the default scheduler."""
+    import dask
+
+    import s2mosaic._cube as cube_mod
+
+    plan = cube_mod.plan_native_scl
+    if not native:
+        cube_mod.plan_native_scl = lambda *a, **k: None  # type: ignore[assignment]
+    try:
+        scl = cube_mod.load_cube(items, spec, gbox).scl.data
+    finally:
+        cube_mod.plan_native_scl = plan
+    t0 = time.perf_counter()
+    dask.compute(scl.sum())
+    return time.perf_counter() - t0
+
+
 # -- measuring ----------------------------------------------------------------------------------
 
 
@@ -204,12 +223,19 @@ def measured(client: Any, fn: Any, *args: Any, **kw: Any) -> dict[str, Any]:
     with WorkerPeaks(list(pids.values())) as peaks, get_task_stream(client) as ts:
         wall = fn(*args, **kw)
     busy: dict[str, float] = defaultdict(float)
+    starts, stops = [], []
     for rec in ts.data:
         for ss in rec.get("startstops", []):
             if ss.get("action") == "compute":
                 busy[_kind(key_split(rec["key"]))] += ss["stop"] - ss["start"]
+                starts.append(ss["start"])
+                stops.append(ss["stop"])
     warp = sum(client.run(_warp_s).values())
-    return {"wall": wall, "peak": max(peaks.peaks.values()), "busy": dict(busy), "warp": warp}
+    # the span from the first task's start to the last one's end: outside it the workers wait
+    # for the client (graph building, store creation, metadata)
+    window = max(stops) - min(starts) if starts else 0.0
+    return {"wall": wall, "peak": max(peaks.peaks.values()), "busy": dict(busy), "warp": warp,
+            "window": window}
 
 
 def _range(xs: list[float]) -> str:
@@ -282,6 +308,17 @@ def main() -> None:
                       + ", ".join(f"{k} {v:.1f}" for k, v in sorted(m["busy"].items()))
                       + f", in GDAL warps {m['warp']:.1f} s", flush=True)
 
+        # SCL alone, one zone (every item aligned): the native read against the warp, side by
+        # side on the same workers.
+        one_zone = [i for i in items if i.properties.get("s2:mgrs_tile") == "32TQT"]
+        scl_s: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(max(3, args.rounds)):
+            for native in (True, False):
+                scl_s[native].append(scl_only(spec, one_zone, gbox, native=native))
+        print(f"SCL only, {len(one_zone)} items of one zone: native "
+              f"{_range(scl_s[True])} s, warped {_range(scl_s[False])} s, warped / native "
+              f"{_range([w / n for w, n in zip(scl_s[False], scl_s[True], strict=True)])} ×")
+
     def walls(name: str) -> list[float]:
         return [m["wall"] for m in runs[name]]
 
@@ -305,13 +342,28 @@ def main() -> None:
             reads = m["busy"].get("band reads", 0) + m["busy"].get("SCL reads", 0)
             print(f"  {name:<20} share of {cores} × wall: "
                   + ", ".join(f"{k} {v:.0%}" for k, v in sorted(shares.items()))
-                  + f", in no task {1 - sum(shares.values()):.0%}; GDAL warps "
+                  + f", in no task {1 - sum(shares.values()):.0%} (of which before the first "
+                  f"/ after the last task {1 - m['window'] / m['wall']:.0%}, idle between tasks "
+                  f"{(m['window'] * cores - sum(m['busy'].values())) / total:.0%}); GDAL warps "
                   f"{m['warp'] / max(reads, 1e-9):.0%} of read time")
     per_core = [mpx * obs / (w * cores) for w in walls("s2mosaic")]
     mb_core = [src_bytes / 1e6 / (w * cores) for w in walls("s2mosaic")]
     print(f"per-core throughput (s2mosaic): {_range(per_core)} Mpx·obs per CPU-s "
           f"({mpx:.2f} Mpx × {obs} obs × 4 bands), {_range(mb_core)} MB compressed source per "
           f"CPU-s; floor: {_range([src_bytes / 1e6 / (w * cores) for w in fl])} MB per CPU-s")
+    # The plan's own byte count of this run: the constant its time estimate divides by.
+    from s2mosaic._plan import THROUGHPUT, plan
+
+    p = plan(spec, items, cores=cores)
+    planned = p.read["source_bytes"]
+    rate = [planned / 1e6 / (w * cores) for w in walls("s2mosaic")]
+    print(f"plan: {planned / 1e6:.1f} MB source bytes; measured {_range(rate)} MB per CPU-s "
+          f"end to end (THROUGHPUT.read_mb_s_per_core is {THROUGHPUT.read_mb_s_per_core}); "
+          f"plan's wall estimate {p.time['wall_s']:.1f} s vs measured {_range(walls('s2mosaic'))} s")
+    busy_rate = [planned / 1e6 / (m["window"] * cores) for m in runs["s2mosaic"]]
+    print(f"plan bytes per CPU-s while the run's tasks run (first start to last end): "
+          f"{_range(busy_rate)} MB (what THROUGHPUT.read_mb_s_per_core holds; the plan adds "
+          f"startup_s for the rest)")
     print(f"numpy {np.__version__}")
 
 
