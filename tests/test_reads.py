@@ -17,6 +17,8 @@ import pystac
 import pytest
 import xarray as xr
 from affine import Affine
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from odc.geo.geobox import GeoBox
 
 import s2mosaic
@@ -184,6 +186,52 @@ def test_replicate_blocks_against_numpy() -> None:
     want[[0, 1, 3]] = up
     want[1] = np.where(warped[0] != 0, warped[0], up[1])  # warped first in slice 1
     want[2] = warped[1]
+    np.testing.assert_array_equal(out, want)
+
+
+@st.composite
+def _blocks(draw: st.DrawFn) -> dict[str, Any]:
+    k = draw(st.integers(2, 4))
+    n = draw(st.integers(1, 5))
+    hy, wx = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    where = draw(st.lists(st.sampled_from(["native", "warped", "both"]), min_size=n,
+                          max_size=n))
+    native_slices = [t for t, w in enumerate(where) if w != "warped"]
+    warped_slices = [t for t, w in enumerate(where) if w != "native"]
+    first = [t for t in warped_slices if where[t] == "both" and draw(st.booleans())]
+    elems = st.integers(0, 3)
+    from hypothesis.extra.numpy import arrays
+
+    native = draw(arrays(np.uint8, (len(native_slices), -(-hy // k), -(-wx // k)), elements=elems))
+    warped = draw(arrays(np.uint8, (len(warped_slices), hy, wx), elements=elems))
+    return {"k": k, "n": n, "shape": (hy, wx), "native": native, "warped": warped,
+            "native_slices": native_slices, "warped_slices": warped_slices, "first": first}
+
+
+@settings(max_examples=200, deadline=None)
+@given(_blocks())
+def test_replicate_blocks_is_first_valid_fusion(b: dict[str, Any]) -> None:
+    """Against the fusion odc-loader does, pixel by pixel: each slice's sources in order, a
+    pixel taken from the first source that is not nodata (0)."""
+    if not b["native_slices"]:
+        return  # the plan never makes a native load without native items
+    hy, wx = b["shape"]
+    out = replicate_blocks(
+        b["native"], b["warped"] if b["warped_slices"] else None, k=b["k"], nodata=0,
+        n_slices=b["n"], native_slices=b["native_slices"], warped_slices=b["warped_slices"],
+        warped_first=b["first"], block_info={None: {"chunk-shape": (b["n"], hy, wx)}})
+    want = np.zeros((b["n"], hy, wx), np.uint8)
+    for t in range(b["n"]):
+        sources = []
+        if t in b["native_slices"]:
+            coarse = b["native"][b["native_slices"].index(t)]
+            sources.append(np.repeat(np.repeat(coarse, b["k"], 0), b["k"], 1)[:hy, :wx])
+        if t in b["warped_slices"]:
+            w = b["warped"][b["warped_slices"].index(t)]
+            sources.insert(0 if t in b["first"] else len(sources), w)
+        for y in range(hy):
+            for x in range(wx):
+                want[t, y, x] = next((int(s[y, x]) for s in sources if s[y, x] != 0), 0)
     np.testing.assert_array_equal(out, want)
 
 
