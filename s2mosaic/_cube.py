@@ -222,8 +222,6 @@ def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | Non
     # without raster:bands.
     stac_cfg = {"assets": {key: {"data_type": t.dtype, "nodata": t.nodata}
                            for key, t in types.items()}}
-    # odc-loader captures configure_rio's options *updated by this thread's rasterio env*, which
-    # an earlier read in this thread (synchronous scheduler) leaves holding its run's values.
     def load(subset: Sequence[pystac.Item], gbox: GeoBox, bands: list[str], px: int,
              ) -> xr.Dataset:
         return odc.stac.load(

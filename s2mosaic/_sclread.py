@@ -103,7 +103,8 @@ class NativeScl:
             native_slices=self.native_slices, warped_slices=self.warped_slices,
             warped_first=self.warped_first,
             chunks=((self.n_slices,), ys, xs), dtype=a.dtype,
-            name=f"scl-native-{da.core.tokenize(a.name, *args[1:], self.native_slices)}",
+            name="scl-native-" + da.core.tokenize(a.name, *args[1:], k, self.native_slices,
+                                                  self.warped_slices, self.warped_first),
             meta=np.empty((0, 0, 0), a.dtype),
         )
         return xr.DataArray(data, dims=("time", "y", "x"), attrs=dict(a.attrs))
