@@ -103,7 +103,8 @@ class NativeScl:
             native_slices=self.native_slices, warped_slices=self.warped_slices,
             warped_first=self.warped_first,
             chunks=((self.n_slices,), ys, xs), dtype=a.dtype,
-            name="scl-native-" + da.core.tokenize(a.name, *args[1:], k, self.native_slices,
+            # the inputs' dask names (not the DataArray's "SCL"): tiles must not share keys
+            name="scl-native-" + da.core.tokenize([x.name for x in args], k, self.native_slices,
                                                   self.warped_slices, self.warped_first),
             meta=np.empty((0, 0, 0), a.dtype),
         )

@@ -131,6 +131,19 @@ def test_chunks_not_on_the_coarse_grid(chunks: int, items: list[pystac.Item], sp
     np.testing.assert_array_equal(got, _scl(items, spec, gbox))
 
 
+def test_each_grid_gets_its_own_scl_keys(items: list[pystac.Item], spec: MosaicSpec,
+                                         spy: Any) -> None:
+    """Two tiles in flight on one cluster must not share task keys (they once did when a tile
+    read SCL natively only: the replicate layer was named from the variable's name)."""
+    run = spy()
+    grid = _grid("aligned", items, spec)
+    one_zone = [i for i in items if i.properties["s2:mgrs_tile"] == "32TQT"]
+    a = load_cube(one_zone, spec, grid).scl.data
+    b = load_cube(one_zone, spec, grid[:64, 64:128]).scl.data
+    assert all(p is not None and not p.warped for p in run.plans)
+    assert a.name.startswith("scl-native-") and a.name != b.name
+
+
 def test_the_identity_check_sees_fusion_order(items: list[pystac.Item], spec: MosaicSpec,
                                               spy: Any) -> None:
     """Where both zones have data the fusion order decides the bytes: fusing in the wrong order
