@@ -101,11 +101,14 @@ class Throughput:
     benchmark that measured it (numbers in ``benchmarks/RESULTS.md``)."""
 
     read_mb_s_per_core: float
-    """Source bytes (MB) read, decoded, warped, masked and composited per second per core, from
-    local COGs, end to end (``bench_select.py``: 33 MB/s on one core, synchronous scheduler,
-    demo catalog). Cores are assumed to scale linearly; on the shared 2-core machine two threads
-    did not beat one (16.6 MB/s per core under load 2.4), so treat many-core estimates as a
-    lower bound on time."""
+    """Source bytes (MB, as this plan counts them) read, decoded, warped, masked, composited
+    and written per CPU-second, from local COGs, end to end (``bench_floor.py``: a 1024² px AOI
+    across two UTM zones - half the items warped - 12 dates, 4 bands + SCL, a LocalCluster of
+    2 workers × 1 thread, chunks 1024: 23.1 MB/s per core [23.07-23.24] over 3 rounds, counted
+    from the run's first task to its last; chunks 512 gave ~24; the earlier one-core
+    synchronous figure of ``bench_select.py`` was 33 MB/s). Cores are assumed to scale
+    linearly; measured on a shared 2-core machine, so treat many-core estimates as a lower
+    bound on time."""
     reduce_gobs_s_per_core: float
     """Band observations reduced per second per core, percentile kernel
     (``bench_composite.py``: 3.58 Gobs/s on 2 cores at T=24)."""
@@ -115,7 +118,7 @@ class Throughput:
 
 
 #: The measured throughputs (``benchmarks/RESULTS.md``, 2 cores, no GPU).
-THROUGHPUT = Throughput(read_mb_s_per_core=33.0, reduce_gobs_s_per_core=1.79, startup_s=1.5)
+THROUGHPUT = Throughput(read_mb_s_per_core=23.1, reduce_gobs_s_per_core=1.79, startup_s=1.5)
 
 
 @dataclass
