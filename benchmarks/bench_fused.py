@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,31 +29,19 @@ import dask
 import numpy as np
 import xarray as xr
 
-from s2mosaic._cube import load_cube
-from s2mosaic._fused import fused_composite
-from s2mosaic._grid import aoi_mask, output_geobox
-from s2mosaic._search import search
-from s2mosaic._select import apply_selection
-from s2mosaic._spec import MosaicSpec
-from s2mosaic.composite import composite
-from s2mosaic.demo import demo_spec, make_demo_catalog
-from s2mosaic.masks import MaskContext, valid_mask
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from s2mosaic._cube import load_cube  # noqa: E402
+from s2mosaic._grid import output_geobox  # noqa: E402
+from s2mosaic._search import search  # noqa: E402
+from s2mosaic._select import apply_selection  # noqa: E402
+from s2mosaic.demo import demo_spec, make_demo_catalog  # noqa: E402
+from tests.test_fused import fused_path as fused  # noqa: E402
+from tests.test_fused import layered_path as layered  # noqa: E402
 
 MASKS = {"scl": {"method": "scl"}, "scl+dilation 3": {"method": "scl", "dilation": 3}}
 METHODS = ("percentile", "mean", "medoid")
-
-
-def layered(spec: MosaicSpec, cube: xr.Dataset, gbox: Any) -> xr.Dataset:
-    valid = (valid_mask(cube, spec.bands, spec.mask, MaskContext(geobox=gbox))
-             & aoi_mask(gbox, spec.aoi, spec.runtime.chunks))
-    c = spec.composite
-    return composite(cube[list(spec.bands)], valid, method=c.method, q=c.q,
-                     min_observations=c.min_observations)
-
-
-def fused(spec: MosaicSpec, cube: xr.Dataset, gbox: Any, device: str = "cpu") -> xr.Dataset:
-    return fused_composite(spec, cube, aoi_mask(gbox, spec.aoi, spec.runtime.chunks),
-                           device=device, ctx=MaskContext(geobox=gbox))
 
 
 def footprints(items: Any) -> Any:

@@ -72,7 +72,7 @@ def cube(demo: tuple[MosaicSpec, list[pystac.Item], Any]) -> xr.Dataset:
         return load_cube(items, spec, gbox).persist()
 
 
-def _layered(spec: MosaicSpec, cube: xr.Dataset, gbox: Any) -> xr.Dataset:
+def layered_path(spec: MosaicSpec, cube: xr.Dataset, gbox: Any) -> xr.Dataset:
     """Today's CPU path on ``cube``: what masked_cube and mosaic do after the read."""
     valid = (valid_mask(cube, spec.bands, spec.mask, MaskContext(geobox=gbox))
              & aoi_mask(gbox, spec.aoi, spec.runtime.chunks))
@@ -81,7 +81,7 @@ def _layered(spec: MosaicSpec, cube: xr.Dataset, gbox: Any) -> xr.Dataset:
                      min_observations=c.min_observations)
 
 
-def _fused(spec: MosaicSpec, cube: xr.Dataset, gbox: Any, device: str = "cpu") -> xr.Dataset:
+def fused_path(spec: MosaicSpec, cube: xr.Dataset, gbox: Any, device: str = "cpu") -> xr.Dataset:
     return fused_composite(spec, cube, aoi_mask(gbox, spec.aoi, spec.runtime.chunks),
                            device=device, ctx=MaskContext(geobox=gbox))
 
@@ -104,10 +104,10 @@ def _assert_same(expected: xr.Dataset, got: xr.Dataset) -> None:
 def test_fused_numpy_is_byte_identical(demo: Any, cube: xr.Dataset, mask: str, method: str) -> None:
     spec, _, gbox = demo
     spec = spec.replace(mask=MASKS[mask], composite=_composite_section(method))
-    expected = _layered(spec, cube, gbox)
+    expected = layered_path(spec, cube, gbox)
     # The masks must matter, or the comparison would prove little.
     assert 0 < int(expected["count"].sum()) < cube.sizes["time"] * int(np.prod(gbox.shape.yx))
-    _assert_same(expected, _fused(spec, cube, gbox))
+    _assert_same(expected, fused_path(spec, cube, gbox))
 
 
 @pytest.mark.parametrize("q", [0, 50, 90, 100])
@@ -115,9 +115,9 @@ def test_fused_percentiles_and_min_observations(demo: Any, cube: xr.Dataset, q: 
     spec, _, gbox = demo
     spec = spec.replace(mask={"method": "scl", "dilation": 2},
                         composite={"method": "percentile", "percentile": q, "min_observations": 4})
-    expected = _layered(spec, cube, gbox)
+    expected = layered_path(spec, cube, gbox)
     assert (expected["count"].values < 4).any()  # some pixels fall below min_observations
-    _assert_same(expected, _fused(spec, cube, gbox))
+    _assert_same(expected, fused_path(spec, cube, gbox))
 
 
 def test_fused_halo_larger_than_chunks(demo: Any, cube: xr.Dataset) -> None:
@@ -128,8 +128,8 @@ def test_fused_halo_larger_than_chunks(demo: Any, cube: xr.Dataset) -> None:
                         composite=_composite_section("median"), runtime={"chunks": 16})
     gbox = gbox[40:136, 100:228]  # 96 × 128 px in 16 px chunks; the buffer is 25 px
     small = cube.isel(y=slice(40, 136), x=slice(100, 228)).chunk({"y": 16, "x": 16})
-    expected = _layered(spec, small, gbox)
-    got = _fused(spec, small, gbox)
+    expected = layered_path(spec, small, gbox)
+    got = fused_path(spec, small, gbox)
     assert got["red"].data.chunks == small["red"].data.chunks[1:]
     _assert_same(expected, got)
 
@@ -148,12 +148,12 @@ def test_fused_external_cloud_mask(demo: Any, cube: xr.Dataset, monkeypatch: pyt
         return c["scl"] == 3  # cloud shadow only, computed outside the fused task
 
     monkeypatch.setitem(combine.MASKERS, "scl", (combine._scl, shadows))
-    expected = _layered(spec, cube, gbox)
+    expected = layered_path(spec, cube, gbox)
     monkeypatch.setitem(combine.MASKERS, "scl", (combine._scl,))
-    only_scl = _layered(spec.replace(mask={"method": "scl", "dilation": 2, "scl_classes": [8, 9]}),
+    only_scl = layered_path(spec.replace(mask={"method": "scl", "dilation": 2, "scl_classes": [8, 9]}),
                         cube, gbox)
     monkeypatch.setitem(combine.MASKERS, "scl", (combine._scl, shadows))
-    got = _fused(spec, cube, gbox)
+    got = fused_path(spec, cube, gbox)
     assert calls == [1, 1]
     _assert_same(expected, got)
     assert not np.array_equal(only_scl["count"].values, got["count"].compute().values)
@@ -173,9 +173,9 @@ def test_fused_with_csmask_is_byte_identical(demo: Any, method: str) -> None:
     gbox = gbox[0:128, 0:192]
     with dask.config.set(scheduler="threads"):
         cube = load_cube(items, spec, gbox).persist()
-    expected = _layered(spec, cube, gbox)
-    scl_only = _layered(spec.replace(mask={"method": "scl", "dilation": 2}), cube, gbox)
-    got = _fused(spec, cube, gbox)
+    expected = layered_path(spec, cube, gbox)
+    scl_only = layered_path(spec.replace(mask={"method": "scl", "dilation": 2}), cube, gbox)
+    got = fused_path(spec, cube, gbox)
     _assert_same(expected, got)
     assert not np.array_equal(scl_only["count"].values, got["count"].values)  # csmask matters
 
@@ -183,7 +183,7 @@ def test_fused_with_csmask_is_byte_identical(demo: Any, method: str) -> None:
 def test_fused_graph_has_one_task_per_chunk(demo: Any, cube: xr.Dataset) -> None:
     spec, _, gbox = demo
     spec = spec.replace(mask={"method": "scl", "dilation": 3})
-    out = _fused(spec, cube, gbox)
+    out = fused_path(spec, cube, gbox)
     graph = out["red"].data.__dask_graph__()
     fused = [name for name in graph.layers if str(name).startswith("s2mosaic-fused-percentile-cpu")]
     assert len(fused) == 1
@@ -366,7 +366,7 @@ def test_fused_cupy_is_byte_identical(cupy_gpu: Any, demo: Any, cube: xr.Dataset
                                       method: str) -> None:
     spec, _, gbox = demo
     spec = spec.replace(mask=MASKS[mask], composite=_composite_section(method))
-    _assert_same(_layered(spec, cube, gbox), _fused(spec, cube, gbox, device="gpu"))
+    _assert_same(layered_path(spec, cube, gbox), fused_path(spec, cube, gbox, device="gpu"))
 
 
 @pytest.mark.gpu
