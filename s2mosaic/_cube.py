@@ -57,6 +57,7 @@ __all__ = [
     "load_cube",
     "observation_count",
     "observation_groups",
+    "slice_keys",
 ]
 
 #: Name of the scene classification variable in the cube.
@@ -159,14 +160,7 @@ def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) ->
     if not items:
         raise CubeError("no items to load; search returned nothing for this spec")
     ref = items[0]
-    keys = {name: resolve_band(ref, name) for name in spec.bands}
-    mask_vars = []
-    for key in mask_band_keys(ref, spec.mask):
-        name = next((n for n, k in keys.items() if k == key), None)
-        if name is None:
-            name = f"{MASK_VAR_PREFIX}{key}"
-            keys[name] = key
-        mask_vars.append(name)
+    keys, mask_vars = _asset_keys(ref, spec)
     scl = scl_asset_key(ref) if spec.mask.uses_scl else None
     for item in items[1:]:
         for name, key in keys.items():
@@ -188,6 +182,26 @@ def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) ->
     ds.attrs[MASK_BANDS_ATTR] = mask_vars
     ds.attrs[LEVELS_ATTR] = sorted({processing_level(i) or "unknown" for i in items})
     return ds
+
+
+def slice_keys(items: Sequence[pystac.Item], spec: MosaicSpec) -> list[Any]:
+    """The time-slice key of each of ``items`` in :func:`load_cube` (its groupby); the cube's
+    slices are the distinct keys, sorted."""
+    return observation_groups(items, _asset_keys(items[0], spec)[0])[0] if items else []
+
+
+def _asset_keys(ref: pystac.Item, spec: MosaicSpec) -> tuple[dict[str, str], list[str]]:
+    """Asset key per cube variable (``spec.bands``, then the masker's other bands as
+    ``mask_<asset>``), and the masker's variables in its band order."""
+    keys = {name: resolve_band(ref, name) for name in spec.bands}
+    mask_vars = []
+    for key in mask_band_keys(ref, spec.mask):
+        name = next((n for n, k in keys.items() if k == key), None)
+        if name is None:
+            name = f"{MASK_VAR_PREFIX}{key}"
+            keys[name] = key
+        mask_vars.append(name)
+    return keys, mask_vars
 
 
 def band_types(items: Sequence[pystac.Item], key: str, spec: MosaicSpec) -> BandType:

@@ -98,6 +98,8 @@ LOADERS: tuple[str, ...] = ("odc-stac", "stackstac")
 ON_READ_ERROR: tuple[str, ...] = ("skip", "fail")
 #: ``runtime.device``: where a mosaic's per-chunk mask + composite runs (:mod:`s2mosaic._device`).
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
+#: ``runtime.prune_dates``: read SCL first and skip a tile's all-cloudy dates (:mod:`s2mosaic._prune`).
+PRUNE_DATES: tuple[str, ...] = ("auto", "off")
 MASK_METHODS: tuple[str, ...] = ("scl", "ocm", "ocm+scl", "s2cloudless", "csmask", "csmask+scl",
                                   "none")
 #: ukis-csmask models: number of input bands, and processing levels (``None``: from the items).
@@ -696,6 +698,12 @@ class RuntimeSpec(Section):
     per chunk on workers with a ``GPU`` resource (fails with the reason when there is none or
     CuPy cannot run there); ``cpu``: the CPU tasks; ``auto``: ``gpu`` when possible, else
     ``cpu`` (said once). Reads, OmniCloudMask scheduling, series and gap-fill are unchanged."""
+    prune_dates: str = "auto"
+    """Whether a run tile reads its SCL first and then reads the bands only of the dates with at
+    least one clear pixel in the tile (:mod:`s2mosaic._prune`). ``auto``: for mosaics masked by
+    ``scl`` alone (the other maskers need the band pixels); ``off``: every date is read. The
+    output is the same byte for byte either way; ``auto`` costs one more SCL read per tile and
+    saves the band reads of fully cloudy dates."""
 
     def __post_init__(self) -> None:
         self._set("chunks", number("chunks", self.chunks, low=16, integer=True))
@@ -708,6 +716,7 @@ class RuntimeSpec(Section):
         self._set("loader", choice("loader", self.loader, LOADERS))
         self._set("on_read_error", choice("on_read_error", self.on_read_error, ON_READ_ERROR))
         self._set("device", choice("device", self.device, DEVICES))
+        self._set("prune_dates", choice("prune_dates", self.prune_dates, PRUNE_DATES))
         if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler):
             raise fail("scheduler", self.scheduler,
                         "expected null, 'synchronous', 'threads' or a scheduler address "

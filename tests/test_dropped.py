@@ -46,7 +46,9 @@ def test_an_unreadable_scene_is_dropped_named_and_read_again_later(
     name = _path(scenes, 2, "B04")
     store.faults.append(Fault(name, kind, status=404))  # every request for that file, for good
     served = scenes.served(store)
-    spec = scenes.spec(tmp_path / "run", **QUICK)
+    # Item 2's date has no clear pixel in these tiles: date pruning would never read its B04
+    # (nothing lost, nothing named; tests/test_prune.py). Here the drop itself is under test.
+    spec = scenes.spec(tmp_path / "run", **QUICK, prune_dates="off")
     with pytest.warns(DroppedScenesWarning, match=rf"complete with 1 scene\(s\) dropped .*"
                                                   rf"{victim.id}.*retry_dropped=True"):
         report = s2mosaic.run(spec, items=served)
@@ -108,7 +110,7 @@ def test_on_read_error_fail_fails_the_tile_naming_the_url(
         scenes: Scenes, store: ObjectStore, tmp_path: Path) -> None:
     name = _path(scenes, 2, "B04")
     store.faults.append(Fault(name, "status", status=404))
-    spec = scenes.spec(tmp_path, **{**QUICK, "on_read_error": "fail"})
+    spec = scenes.spec(tmp_path, **{**QUICK, "on_read_error": "fail", "prune_dates": "off"})
     with pytest.raises(RunError, match="2 of 2 tile") as e:
         s2mosaic.run(spec, items=scenes.served(store))
     assert f"could not read {store.url(str(scenes.catalog.parent / name))}" in str(e.value)

@@ -1,0 +1,191 @@
+"""Tile-level date pruning (``runtime.prune_dates``): the same bytes, fewer band reads.
+
+A copy of the demo catalog made cloudier: three dates fully cloudy in SCL, one more cloudy on
+one MGRS tile only, and the north third of ``32TQT`` cloudy on every date (tiles there have no
+clear date at all, so pruning leaves them nothing to read). Runs with pruning ``auto`` and
+``off`` must write byte-identical stores for every composite method, synchronously and on a
+real ``distributed`` LocalCluster; a counting reader shows the cloudy dates' bands were not read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rasterio
+
+import s2mosaic
+from s2mosaic._readers import AssetRioReader
+from s2mosaic._spec import COMPOSITE_METHODS, MosaicSpec, RuntimeSpec
+from s2mosaic.demo import demo_spec
+from s2mosaic.errors import SpecError
+
+from .oracle import assert_identical_outputs
+
+#: Dates (``YYYYMMDD`` in the item ids) whose SCL is all cloud on both tiles.
+CLOUDY_DATES = ("20240507", "20240522", "20240606")
+#: A date cloudy on the ``33TTN`` tile only.
+HALF_CLOUDY = ("20240616", "33TTN")
+
+
+def _cloud(path: Path, rows: slice = slice(None)) -> None:
+    """Set the SCL COG at ``path`` to high-probability cloud (9) in ``rows``, nodata kept."""
+    with rasterio.open(path) as src:
+        profile, scl = src.profile, src.read(1)
+    part = scl[rows]
+    part[part != 0] = 9
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(scl, 1)
+
+
+@pytest.fixture(scope="module")
+def cloudy_catalog(demo_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cloudy") / "catalog"
+    shutil.copytree(demo_catalog.parent, root)
+    scls = sorted(root.rglob("SCL.tif"))
+    assert scls
+    for path in scls:
+        name = path.parent.name
+        if any(d in name for d in CLOUDY_DATES) or all(s in name for s in HALF_CLOUDY):
+            _cloud(path)
+        elif "32TQT" in name:
+            _cloud(path, slice(0, path_rows(path) // 3))
+    return root / demo_catalog.name
+
+
+def path_rows(path: Path) -> int:
+    with rasterio.open(path) as src:
+        return int(src.height)
+
+
+def _spec(catalog: Path, out: Path, prune: str, **kw: Any) -> MosaicSpec:
+    rt = {"chunks": 64, "tile_size": 64, "scheduler": "synchronous", "prune_dates": prune}
+    rt |= kw.pop("runtime", {})
+    kw.setdefault("mask", {"method": "scl"})
+    return demo_spec(catalog, out).replace(
+        runtime=rt, output={"zarr": out / "m.zarr", "cog": out / "m.tif"}, **kw)
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Asset reads by file name (``B04.tif``, ``SCL.tif``) and item folder, in this process."""
+    seen: Counter[str] = Counter()
+    real = AssetRioReader.read
+
+    def counting(self: AssetRioReader, *a: Any, **kw: Any) -> Any:
+        uri = Path(str(self._src.uri))
+        seen[f"{uri.parent.name}/{uri.name}"] += 1
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(AssetRioReader, "read", counting)
+    return seen
+
+
+@pytest.mark.parametrize("method", COMPOSITE_METHODS)
+def test_pruned_run_is_byte_identical(cloudy_catalog: Path, tmp_path: Path, method: str,
+                                      reads: Counter[str]) -> None:
+    composite = {"method": method}
+    runs = {}
+    for prune in ("off", "auto"):
+        spec = _spec(cloudy_catalog, tmp_path / prune, prune, composite=composite)
+        reads.clear()
+        report = s2mosaic.run(spec)
+        runs[prune] = (spec, report, Counter(reads))
+    (off, r_off, n_off), (auto, r_auto, n_auto) = runs["off"], runs["auto"]
+    assert_identical_outputs(off.output, auto.output)
+    assert r_off.tiles == r_auto.tiles and r_off.observations == r_auto.observations
+    bands = {k: v for k, v in n_auto.items() if not k.endswith("SCL.tif")}
+    bands_off = {k: v for k, v in n_off.items() if not k.endswith("SCL.tif")}
+    # The fully cloudy dates' bands were never read; the others' were, fewer times.
+    assert any(d in k for k in bands_off for d in CLOUDY_DATES)
+    assert not any(d in k for k in bands for d in CLOUDY_DATES)
+    assert sum(bands.values()) < sum(bands_off.values())
+    # The pre-pass read SCL once more per tile and date.
+    assert sum(n_auto.values()) - sum(bands.values()) > sum(n_off.values()) - sum(bands_off.values())
+
+
+def test_pruned_run_is_byte_identical_on_a_cluster(cloudy_catalog: Path, tmp_path: Path,
+                                                   dask_client: Any) -> None:
+    specs = [_spec(cloudy_catalog, tmp_path / p, p, mask={"method": "scl", "dilation": 2},
+                   composite={"method": "first"}) for p in ("off", "auto")]
+    reports = [s2mosaic.run(s, client=dask_client) for s in specs]
+    assert_identical_outputs(specs[0].output, specs[1].output)
+    assert reports[0].tiles == reports[1].tiles
+
+
+def test_pruning_is_off_for_other_masks_and_when_asked(cloudy_catalog: Path, tmp_path: Path,
+                                                       reads: Counter[str]) -> None:
+    from s2mosaic._prune import prunes
+
+    spec = _spec(cloudy_catalog, tmp_path, "auto")
+    assert prunes(spec)
+    assert not prunes(spec.replace(runtime=dataclasses.replace(spec.runtime, prune_dates="off")))
+    assert not prunes(spec.replace(mask={"method": "ocm+scl"}))
+    with pytest.raises(SpecError, match=r"prune_dates.*'auto', 'off'"):
+        RuntimeSpec(prune_dates="on")
+
+
+def test_resume_after_a_partial_pruned_run(cloudy_catalog: Path, tmp_path: Path) -> None:
+    """A store begun without pruning is finished with it (and vice versa): the setting may
+    change on resume, and the result is the uninterrupted run's."""
+    from s2mosaic._manifest import Manifest
+
+    clean = _spec(cloudy_catalog, tmp_path / "clean", "off")
+    s2mosaic.run(clean)
+    spec = _spec(cloudy_catalog, tmp_path / "resumed", "off")
+    s2mosaic.run(spec)
+    # Forget half the tiles, as a run killed half way would have left the manifest.
+    store = tmp_path / "resumed" / "m.zarr"
+    log = store / "s2mosaic_run" / "manifest.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[: 1 + (len(lines) - 1) // 2]) + "\n")
+    done = len(Manifest(store).finished())
+    again = s2mosaic.run(spec.replace(runtime=dataclasses.replace(spec.runtime, prune_dates="auto")),
+                         resume=True)
+    assert again.tiles["resumed"] == done and again.tiles["computed"] == again.tiles["total"] - done
+    assert 0 < done < again.tiles["total"]
+    assert_identical_outputs(clean.output, spec.output)
+
+
+def test_an_unreadable_scl_is_dropped_as_without_pruning(cloudy_catalog: Path,
+                                                         tmp_path: Path) -> None:
+    """The pre-pass meets the missing SCL first: the tile is built unpruned, its reads fail,
+    and the retries and scene drops (``on_read_error: skip``) go as they do without pruning."""
+    root = tmp_path / "catalog"
+    shutil.copytree(cloudy_catalog.parent, root)
+    (scl,) = [p for p in root.rglob("SCL.tif") if "20240502" in p.parent.name
+              and "33TTN" in p.parent.name]
+    scl.unlink()
+    runs = []
+    for prune in ("off", "auto"):
+        spec = _spec(root / cloudy_catalog.name, tmp_path / prune, prune,
+                     runtime={"retries": 0})
+        runs.append((spec, s2mosaic.run(spec)))
+    (off, r_off), (auto, r_auto) = runs
+    assert r_off.status == r_auto.status == "degraded"
+    assert r_off.tiles == r_auto.tiles and r_off.scenes_dropped == r_auto.scenes_dropped
+    assert_identical_outputs(off.output, auto.output)
+
+
+def test_a_broken_band_of_a_pruned_date_is_never_read(cloudy_catalog: Path,
+                                                      tmp_path: Path) -> None:
+    """The one difference pruning makes: a band asset that cannot be read, of a date with no
+    clear pixel, is not read, so the tile completes instead of dropping that scene (which
+    would have added nothing to it). The pixels are the same either way."""
+    root = tmp_path / "catalog"
+    shutil.copytree(cloudy_catalog.parent, root)
+    (b04,) = [p for p in root.rglob("B04.tif") if CLOUDY_DATES[0] in p.parent.name
+              and "33TTN" in p.parent.name]
+    b04.unlink()
+    runs = []
+    for prune in ("off", "auto"):
+        spec = _spec(root / cloudy_catalog.name, tmp_path / prune, prune, runtime={"retries": 0})
+        runs.append((spec, s2mosaic.run(spec)))
+    (off, r_off), (auto, r_auto) = runs
+    assert r_off.status == "degraded" and r_off.scenes_dropped
+    assert r_auto.status == "complete" and not r_auto.scenes_dropped
+    assert_identical_outputs(off.output, auto.output)
