@@ -1,4 +1,4 @@
-"""Tile-level date pruning (``runtime.prune_dates``, issue 18): band bytes and wall time.
+"""Mask-first reads (``runtime.prune_dates``, issue 18): band bytes and wall time.
 
 Run:  python benchmarks/bench_prune.py [--dir /tmp/s2mosaic-bench-prune] [--side 1024]
                                        [--tile 512] [--chunks 256] [--cloud 0.4] [--rounds 3]
@@ -11,16 +11,16 @@ in 2.56 km cells) and those cells are set to SCL class 9
 ``bench_floor``'s square of ``side`` px on the zone line, the mask ``scl``, percentile 25.
 
 Prints, from the run's own tiles (``TileGrid``) and the pruning's own test
-(:func:`s2mosaic._prune.clear_slices`):
+(:func:`s2mosaic._prune.clear_per_chunk`):
 
-- the share of SCL pixels that are cloud, of tile-dates and of chunk-dates that are fully
-  cloudy (no clear pixel: the first are what tile pruning skips, the second what the per-chunk
-  design in RESULTS.md would);
-- the compressed band bytes the tiles need (the COG blocks of each band asset that intersect
-  each tile's context box, summed over tiles) with pruning off and on;
+- the share of SCL pixels that are cloud, of tile-dates and of chunk-dates (inside the tiles)
+  that are fully cloudy (no clear pixel);
+- the compressed band bytes the tiles' read chunks need (the COG blocks of each band asset
+  that intersect each chunk of each tile's context box, summed) with every date and with the
+  dates whose SCL has a clear pixel in the chunk (what ``prune_dates: auto`` reads);
 - wall time of ``s2mosaic.run`` with ``prune_dates`` off and auto on ONE LocalCluster
-  (2 workers × 1 thread), alternating per round, and the workers' bytes read (``rchar``, SCL
-  pre-pass included) from the run report; the two stores are checked byte-identical.
+  (2 workers × 1 thread), alternating per round, and the workers' bytes read (``rchar``) from
+  the run report; the two stores are checked byte-identical.
 """
 
 from __future__ import annotations
@@ -79,12 +79,12 @@ def cloud_catalog(src: Path, dst: Path, cloud: float, seed: int = 1) -> Path:
 
 def shares(spec: Any, items: list[Any], grid: Any, chunks: int) -> dict[str, Any]:
     """Cloud share of SCL pixels, fully cloudy tile-dates and chunk-dates, and the band bytes
-    each tile needs with and without pruning."""
+    the tiles' chunks need with every date and with the dates mask-first reads keep."""
     import dask
 
     from s2mosaic._cube import SCL_VAR, load_cube, slice_keys
     from s2mosaic._grid import aoi_mask
-    from s2mosaic._prune import pruned_items
+    from s2mosaic._prune import clear_per_chunk
     from s2mosaic.masks import MaskContext, valid_mask
 
     tile_dates = cloudy_tiles = chunk_dates = cloudy_chunks = 0
@@ -96,9 +96,11 @@ def shares(spec: Any, items: list[Any], grid: Any, chunks: int) -> dict[str, Any
             continue
         box, ys, xs = grid.context(tile)
         cube = load_cube(touching, spec, box)
+        aoi = aoi_mask(box, spec.aoi, spec.runtime.chunks)
         valid = (valid_mask(cube[[SCL_VAR]], [SCL_VAR], spec.mask, MaskContext(geobox=box))
-                 & aoi_mask(box, spec.aoi, spec.runtime.chunks))
-        v = valid.isel({valid.dims[-2]: ys, valid.dims[-1]: xs}).values
+                 & aoi)
+        v, clear = dask.compute(valid.isel({valid.dims[-2]: ys, valid.dims[-1]: xs}).data,
+                                clear_per_chunk(cube[SCL_VAR], spec.mask, aoi))
         n = v.shape[0]
         tile_dates += n
         cloudy_tiles += int((~v.any(axis=(1, 2))).sum())
@@ -107,17 +109,21 @@ def shares(spec: Any, items: list[Any], grid: Any, chunks: int) -> dict[str, Any
                 c = v[:, y:y + chunks, x:x + chunks]
                 chunk_dates += n
                 cloudy_chunks += int((~c.any(axis=(1, 2))).sum())
-        kept = pruned_items(spec, touching, box, (ys, xs), lambda objs: list(dask.compute(*objs)))
-        assert len(set(slice_keys(touching, spec))) == n
-        bounds, crs = tuple(box.boundingbox), str(box.crs)
-        for item in touching:
-            for band in BANDS:
-                href = item.assets[band].get_absolute_href() or ""
-                key = (href, bounds)
-                if key not in blocks:
-                    blocks[key] = _needed_blocks(href, bounds, crs)[2]
-                bytes_all += blocks[key]
-                bytes_kept += blocks[key] if item in kept else 0
+        keys = slice_keys(touching, spec)
+        order = {k: i for i, k in enumerate(sorted(set(keys)))}
+        assert len(order) == n
+        crs = str(box.crs)
+        for iy in range(clear.shape[1]):
+            for ix in range(clear.shape[2]):
+                sub = box[iy * chunks:(iy + 1) * chunks, ix * chunks:(ix + 1) * chunks]
+                bounds = tuple(sub.boundingbox)
+                for item, k in zip(touching, keys, strict=True):
+                    for band in BANDS:
+                        href = item.assets[band].get_absolute_href() or ""
+                        if (href, bounds) not in blocks:
+                            blocks[href, bounds] = _needed_blocks(href, bounds, crs)[2]
+                        bytes_all += blocks[href, bounds]
+                        bytes_kept += blocks[href, bounds] if clear[order[k], iy, ix] else 0
     return {"tile_dates": tile_dates, "cloudy_tile_dates": cloudy_tiles,
             "chunk_dates": chunk_dates, "cloudy_chunk_dates": cloudy_chunks,
             "band_bytes_off": bytes_all, "band_bytes_on": bytes_kept}

@@ -29,6 +29,7 @@ import pystac
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
+from ._grid import aoi_mask
 from ._items import (
     BandType,
     band_type,
@@ -40,6 +41,7 @@ from ._items import (
     scl_asset_key,
     solar_day,
 )
+from ._prune import clear_per_chunk, gate_reads
 from ._readers import AssetRioDriver, stackstac_reader
 from ._sclread import plan_native_scl
 from ._spec import MosaicSpec, RuntimeSpec
@@ -145,14 +147,17 @@ def observation_count(items: Sequence[pystac.Item], spec: MosaicSpec) -> int:
     return len(observation_groups(items, keys)[1])
 
 
-def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) -> xr.Dataset:
+def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox, *,
+              prune: bool = False) -> xr.Dataset:
     """Lazily load ``spec.bands``, SCL and the cloud masker's bands of ``items`` onto ``geobox``.
 
     Returns an ``xr.Dataset`` with one ``(time, y, x)`` variable per band, named as in
     ``spec.bands`` (``uint16`` for Sentinel-2 reflectance, attr ``nodata``), ``scl``
     (``uint8``, attr ``nodata``) when ``mask.method`` reads SCL, and ``mask_<asset>`` for each
     band the cloud masker needs that ``spec.bands`` does not already hold; attr ``mask_bands``
-    lists the masker's input variables in its band order. Chunks are
+    lists the masker's input variables in its band order. With ``prune`` (mosaics of
+    ``runtime.prune_dates: auto``, :func:`s2mosaic._prune.prunes`) each band chunk reads only
+    the time slices whose SCL leaves a clear pixel in it, the others stay nodata. Chunks are
     ``(all times, spec.runtime.chunks, spec.runtime.chunks)``. Data types and nodata come from
     :func:`band_types`, which raises :class:`~s2mosaic.errors.DataError` (naming the collection,
     asset and spec field) for an asset nothing declares a data type for.
@@ -175,6 +180,11 @@ def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox) ->
         ds = _load_stackstac(items, keys, scl, types, item_keys, geobox, spec)
     else:
         ds = _load_odc(items, keys, scl, types, item_keys, geobox, spec)
+        if prune and scl:
+            clear = clear_per_chunk(ds[SCL_VAR], spec.mask,
+                                    aoi_mask(geobox, spec.aoi, spec.runtime.chunks))
+            for name in keys:
+                ds[name] = ds[name].copy(data=gate_reads(ds[name].data, clear))
     if ds.sizes["time"] != len(offsets):  # pragma: no cover - guards the grouping contract
         raise CubeError(f"loader returned {ds.sizes['time']} time slices for {len(offsets)} groups")
     ds = apply_boa_offsets(ds, list(keys), offsets)

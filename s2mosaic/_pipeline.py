@@ -18,6 +18,7 @@ from ._device import current_client, resolve_device
 from ._fused import fused_composite
 from ._grid import aoi_mask, output_geobox
 from ._items import boa_offset, item_datetime, mask_band_keys, resolve_band, scl_asset_key
+from ._prune import prunes
 from ._search import SearchResult, search
 from ._select import apply_selection
 from ._spec import MosaicSpec
@@ -70,11 +71,11 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
     items = list(items) if not isinstance(items, SearchResult) else items
     gbox = geobox or output_geobox(spec, items)
     if (device or resolve_device(spec.runtime.device, current_client())) == "gpu":
-        cube = load_cube(items, spec, gbox)
+        cube = load_cube(items, spec, gbox, prune=prunes(spec))
         result = fused_composite(spec, cube, aoi_mask(gbox, spec.aoi, spec.runtime.chunks),
                                  device="gpu", ctx=MaskContext(geobox=gbox))
     else:
-        cube, valid = masked_cube(spec, items, gbox)
+        cube, valid = masked_cube(spec, items, gbox, prune=prunes(spec))
         c = spec.composite
         result = composite(cube[list(spec.bands)], valid, method=c.method, q=c.q,
                            min_observations=c.min_observations)
@@ -83,16 +84,18 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
     return result
 
 
-def masked_cube(spec: MosaicSpec, items: Sequence[pystac.Item], geobox: GeoBox,
-                ) -> tuple[xr.Dataset, xr.DataArray]:
+def masked_cube(spec: MosaicSpec, items: Sequence[pystac.Item], geobox: GeoBox, *,
+                prune: bool = False) -> tuple[xr.Dataset, xr.DataArray]:
     """The front half of every product: the lazy cube of ``items`` on ``geobox``
     (:func:`s2mosaic._cube.load_cube`) and its boolean ``(time, y, x)`` mask of clear
     observations inside the AOI (cloud mask of ``spec.mask`` and ``aoi_mask``).
 
     :func:`mosaic`, :func:`s2mosaic.series`, :func:`s2mosaic.observations` and the gap-fill
-    all start here, on the whole grid or on a run tile's context box.
+    all start here, on the whole grid or on a run tile's context box. ``prune``: band chunks
+    skip the dates their SCL finds all cloudy (:mod:`s2mosaic._prune`; mosaics only, where
+    band values of invalid observations are never seen).
     """
-    cube = load_cube(items, spec, geobox)
+    cube = load_cube(items, spec, geobox, prune=prune)
     valid = (valid_mask(cube, spec.bands, spec.mask, MaskContext(geobox=geobox))
              & aoi_mask(geobox, spec.aoi, spec.runtime.chunks))
     return cube, valid

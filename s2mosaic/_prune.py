@@ -1,62 +1,122 @@
-"""Tile-level date pruning: read a tile's SCL first, then the bands only of the dates that count.
+"""Mask-first reads: a band block of a date is read only where that date's SCL leaves a clear pixel.
 
-A time slice of a tile's cube (items fused per solar day) whose SCL has no clear pixel inside the
-AOI in the tile - after the mask's dilation or buffer, computed on the tile's context box as the
-mosaic computes it - is invalid at every pixel of the tile. It adds no observation to any pixel,
-whatever the composite method (percentile, median, mean, first, last, medoid, count all reduce
-the valid observations only, in time order), so dropping its items leaves the tile's bytes as
-they were. Dropping a slice drops all its items, so the remaining slices fuse the same items in
-the same order. The pre-pass is one SCL read per tile (the same read path as the cube's:
-native 20 m where aligned, signing, :class:`~s2mosaic.errors.SceneReadError`); where it fails
-the tile is built unpruned, so the failure meets the tile's retries and scene drops as before.
+Each band of the cube is one odc-stac read task per spatial chunk, holding every time slice
+(items fused per solar day). With ``mask.method: scl`` a slice whose SCL has no clear pixel
+inside the AOI in a chunk - every pixel a cloud class of ``mask.scl_classes`` or SCL nodata - is
+invalid at every pixel of that chunk whatever the band holds, and a dilation or buffer only takes
+validity away. So the read task of each band waits for one small task per chunk that reduces the
+chunk's SCL to a boolean per slice (:func:`clear_per_chunk`), and passes odc-loader an empty source
+list for the slices it found all cloudy: their pixels stay the band's nodata without a request.
 
-Only for cloud masks that read SCL alone (``mask.method: scl``): the other maskers need the
-band pixels. Switched by ``runtime.prune_dates`` (``auto`` | ``off``). This is the coarse first
-step of issue 18's mask-first reads; the per-chunk version is in ``benchmarks/RESULTS.md``.
+Every composite method (percentile, median, mean, first, last, medoid, count) reduces the valid
+observations only, so the mosaic is the same byte for byte; the items, their order and the
+provenance are unchanged, and SCL is read once (the mask uses the same chunk). A skipped band
+asset is never opened: an asset that cannot be read, of a slice with no clear pixel in a chunk,
+fails nothing there (its pixels could not count).
+
+Only for cloud masks that read SCL alone (the other maskers need the band pixels), mosaics (not
+the cube that :func:`s2mosaic.load` and ``observations`` hand to users, where band values of
+cloudy dates stay visible) and the odc-stac loader. Switched by ``runtime.prune_dates``
+(``auto`` | ``off``). Where odc-loader builds its read tasks some other way than this module
+knows, the reads are left as they are (logged once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import functools
+import logging
+from collections.abc import Sequence
+from typing import Any, cast
 
+import dask.array as da
 import numpy as np
-import pystac
-from odc.geo.geobox import GeoBox
+import xarray as xr
+from dask._task_spec import Task, TaskRef
+from dask.highlevelgraph import HighLevelGraph
 
-from ._cube import SCL_VAR, load_cube, slice_keys
-from ._grid import aoi_mask
-from ._spec import MosaicSpec
-from .masks import MaskContext, valid_mask
+from ._spec import MaskSpec, MosaicSpec
+from .masks.scl import scl_invalid
 
-__all__ = ["clear_slices", "pruned_items", "prunes"]
+__all__ = ["clear_per_chunk", "gate_reads", "prunes"]
+
+log = logging.getLogger(__name__)
 
 
 def prunes(spec: MosaicSpec) -> bool:
-    """Whether a mosaic run of ``spec`` prunes its tiles' dates (``runtime.prune_dates``)."""
-    return spec.runtime.prune_dates == "auto" and spec.mask.method == "scl"
+    """Whether mosaics of ``spec`` read bands mask-first (``runtime.prune_dates``)."""
+    return (spec.runtime.prune_dates == "auto" and spec.mask.method == "scl"
+            and spec.runtime.loader == "odc-stac")
 
 
-def clear_slices(spec: MosaicSpec, items: Sequence[pystac.Item], box: GeoBox,
-                 inner: tuple[slice, slice]) -> Any:
-    """Lazy ``(time,)`` booleans: whether each time slice of the cube of ``items`` on ``box``
-    has at least one pixel in ``box[inner]`` that SCL, the mask's dilation/buffer and the AOI
-    leave valid (band nodata aside: a superset of the mosaic's valid pixels). Reads SCL only."""
-    cube = load_cube(items, spec, box)
-    scl = cube[[SCL_VAR]]
-    valid = (valid_mask(scl, [SCL_VAR], spec.mask, MaskContext(geobox=box))
-             & aoi_mask(box, spec.aoi, spec.runtime.chunks))
-    dy, dx = valid.dims[-2:]
-    return valid.isel({dy: inner[0], dx: inner[1]}).any(dim=(dy, dx)).data
+def clear_per_chunk(scl: xr.DataArray, mask: MaskSpec, aoi: xr.DataArray | None = None,
+                    ) -> da.Array:
+    """``(time, chunks along y, chunks along x)`` booleans, one ``(time, 1, 1)`` block per
+    spatial chunk of ``scl``: whether the slice has a pixel in the chunk that SCL (not one of
+    ``mask.scl_classes``, not nodata) and ``aoi`` leave valid - a superset of the mosaic's valid
+    pixels (dilation, buffers and band nodata only take validity away)."""
+    data = scl.data
+    if not isinstance(data, da.Array) or len(data.chunks[0]) != 1:
+        raise ValueError(f"SCL must be a Dask array with one chunk along time, got {data!r}")
+    nodata = scl.attrs.get("nodata", 0)
+    args: list[Any] = [data, "tyx"]
+    if aoi is not None:
+        args += [aoi.data, "yx"]
+    return da.blockwise(
+        functools.partial(_clear_block, classes=tuple(mask.scl_classes), nodata=nodata),
+        "tyx", *args, adjust_chunks={"y": 1, "x": 1}, dtype=bool,
+        meta=np.empty((0, 0, 0), dtype=bool))
 
 
-def pruned_items(spec: MosaicSpec, items: Sequence[pystac.Item], box: GeoBox,
-                 inner: tuple[slice, slice], compute: Callable[[list[Any]], list[Any]],
-                 ) -> list[pystac.Item]:
-    """``items`` less those of the time slices :func:`clear_slices` finds all invalid,
-    computed with ``compute`` (the run's client or dask's scheduler)."""
-    (clear,) = compute([clear_slices(spec, items, box, inner)])
-    keys = slice_keys(items, spec)
-    ordered = sorted(set(keys))
-    keep = {k for k, c in zip(ordered, np.asarray(clear), strict=True) if c}
-    return [i for i, k in zip(items, keys, strict=True) if k in keep]
+def _clear_block(scl: np.ndarray, aoi: np.ndarray | None = None, *, classes: Sequence[int],
+                 nodata: float) -> np.ndarray:
+    ok = ~scl_invalid(xr.DataArray(scl, attrs={"nodata": nodata}), classes).values
+    if aoi is not None:
+        ok &= aoi[None]
+    return np.asarray(ok.any(axis=(1, 2)))[:, None, None]
+
+
+def gate_reads(band: da.Array, clear: da.Array) -> da.Array:
+    """``band`` (an odc-stac load, one chunk along time) whose read task of each chunk first
+    takes that chunk's block of ``clear`` (:func:`clear_per_chunk`) and reads only the slices
+    marked there; the others are left nodata. ``band`` itself where its graph is not odc-loader's
+    per-chunk read tasks."""
+    from odc.loader._builder import _dask_loader_tyx
+
+    graph = band.__dask_graph__()
+    layer = graph.layers.get(band.name) if isinstance(graph, HighLevelGraph) else None
+    if (not isinstance(graph, HighLevelGraph) or layer is None or len(band.chunks[0]) != 1 or clear.numblocks[1:] != band.numblocks[1:]
+            or not all(isinstance(t, Task) and t.func is _dask_loader_tyx
+                       for t in layer.values())):
+        _unknown_graph()
+        return band
+    name = f"prune-{band.name}-{clear.name}"
+    tasks: dict[Any, Any] = {}
+    for key, task in layer.items():
+        idx = cast(tuple[Any, ...], key)[1:]  # (name, time block, y block, x block)
+        new = (name, *idx)
+        tasks[new] = Task(new, _gated_load, TaskRef((clear.name, *idx)), *task.args,
+                          _data_producer=True, **task.kwargs)
+    layers: dict[str, Any] = {k: v for k, v in graph.layers.items() if k != band.name}
+    deps = {k: set(v) for k, v in graph.dependencies.items() if k != band.name}
+    clear_graph = clear.__dask_graph__()
+    assert isinstance(clear_graph, HighLevelGraph)
+    layers.update(clear_graph.layers)
+    deps.update({k: set(v) for k, v in clear_graph.dependencies.items()})
+    layers[name] = tasks
+    deps[name] = set(graph.dependencies[band.name]) | {clear.name}
+    return da.Array(HighLevelGraph(layers, deps), name, band.chunks, meta=band._meta)
+
+
+@functools.cache
+def _unknown_graph() -> None:
+    log.warning("mask-first reads are off: odc-loader's read tasks are not the ones s2mosaic "
+                "knows (another odc-loader version?); every date is read")
+
+
+def _gated_load(clear: np.ndarray, srcs: Sequence[Sequence[Any]], *args: Any,
+                **kwargs: Any) -> np.ndarray:
+    from odc.loader._builder import _dask_loader_tyx
+
+    keep = clear.reshape(-1).tolist()
+    return _dask_loader_tyx([s if k else [] for s, k in zip(srcs, keep, strict=True)],
+                            *args, **kwargs)

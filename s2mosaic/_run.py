@@ -65,7 +65,6 @@ from ._manifest import (
 )
 from ._notify import Notifier
 from ._pipeline import mosaic, provenance
-from ._prune import pruned_items, prunes
 from ._raster import interactive
 from ._search import SearchResult, search
 from ._select import apply_selection
@@ -665,27 +664,12 @@ class _Run:
         items = [i for i in self.grid.touching(tile) if i.id not in left_out]
         ds = None
         if items:
-            box, ys, xs = self.grid.context(tile)
-            read = self._prune(items, box, (ys, xs))
-            if read:  # else no date has a clear pixel here: the tile is nodata, as computed
-                ds = self.grid.crop(self.product.build(read, box), tile, self.chunk,
-                                    {"time": self.product.time_chunk} if self.product.time
-                                    else {})
+            box = self.grid.context(tile)[0]
+            ds = self.grid.crop(self.product.build(items, box), tile, self.chunk,
+                                {"time": self.product.time_chunk} if self.product.time else {})
         arrays = tile_arrays(ds, self.product.names, lambda: self.out.zeros(tile.geobox).data)
         graph, tasks = block_writes(arrays, str(self.store), tile)
         return TileGraph(graph, tasks, len(items), not items)
-
-    def _prune(self, items: list[pystac.Item], box: GeoBox, inner: tuple[slice, slice],
-               ) -> list[pystac.Item]:
-        """``items`` less the dates with no clear pixel in the tile (:mod:`s2mosaic._prune`),
-        for mosaics where ``runtime.prune_dates`` allows; all of them where the SCL pre-pass
-        fails: the tile's own reads then fail as without pruning (retries, scene drops)."""
-        if not (isinstance(self.product, MosaicProduct) and prunes(self.spec)):
-            return items
-        try:
-            return pruned_items(self.spec, items, box, inner, self._compute_all)
-        except Exception:  # the unpruned tile meets the error in the tile loop
-            return items
 
     def _salvage(self, tile: Tile, error: BaseException) -> bool:
         """Whether ``tile``, failed after its retries with ``error``, is computed again without

@@ -98,7 +98,7 @@ LOADERS: tuple[str, ...] = ("odc-stac", "stackstac")
 ON_READ_ERROR: tuple[str, ...] = ("skip", "fail")
 #: ``runtime.device``: where a mosaic's per-chunk mask + composite runs (:mod:`s2mosaic._device`).
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
-#: ``runtime.prune_dates``: read SCL first and skip a tile's all-cloudy dates (:mod:`s2mosaic._prune`).
+#: ``runtime.prune_dates``: band chunks skip the dates their SCL finds all cloudy (:mod:`s2mosaic._prune`).
 PRUNE_DATES: tuple[str, ...] = ("auto", "off")
 MASK_METHODS: tuple[str, ...] = ("scl", "ocm", "ocm+scl", "s2cloudless", "csmask", "csmask+scl",
                                   "none")
@@ -699,11 +699,10 @@ class RuntimeSpec(Section):
     CuPy cannot run there); ``cpu``: the CPU tasks; ``auto``: ``gpu`` when possible, else
     ``cpu`` (said once). Reads, OmniCloudMask scheduling, series and gap-fill are unchanged."""
     prune_dates: str = "off"
-    """Whether a run tile reads its SCL first and then reads the bands only of the dates with at
-    least one clear pixel in the tile (:mod:`s2mosaic._prune`). ``auto``: for mosaics masked by
-    ``scl`` alone (the other maskers need the band pixels); ``off``: every date is read. The
-    output is the same byte for byte either way; ``auto`` costs one more SCL read per tile and
-    saves the band reads of fully cloudy dates (default off: see README, measured)."""
+    """Mask-first reads (:mod:`s2mosaic._prune`): each band chunk of a mosaic waits for its SCL
+    and reads only the dates with at least one clear pixel in the chunk. ``auto``: for mosaics
+    masked by ``scl`` alone, loaded by odc-stac (the other maskers need the band pixels);
+    ``off``: every date is read. The output is the same byte for byte either way."""
 
     def __post_init__(self) -> None:
         self._set("chunks", number("chunks", self.chunks, low=16, integer=True))

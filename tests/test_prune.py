@@ -1,10 +1,11 @@
-"""Tile-level date pruning (``runtime.prune_dates``): the same bytes, fewer band reads.
+"""Mask-first reads (``runtime.prune_dates``): the same bytes, fewer band reads.
 
 A copy of the demo catalog made cloudier: three dates fully cloudy in SCL, one more cloudy on
-one MGRS tile only, and the north third of ``32TQT`` cloudy on every date (tiles there have no
-clear date at all, so pruning leaves them nothing to read). Runs with pruning ``auto`` and
-``off`` must write byte-identical stores for every composite method, synchronously and on a
-real ``distributed`` LocalCluster; a counting reader shows the cloudy dates' bands were not read.
+one MGRS tile only, and the north third of ``32TQT`` cloudy on every date (chunks there have no
+clear date at all, so their bands are never read). Runs with pruning ``auto`` and ``off`` must
+write byte-identical stores for every composite method, synchronously and on a real
+``distributed`` LocalCluster; a counting reader shows the cloudy dates' bands were not read and
+SCL was read no more often. The per-chunk test itself is checked against NumPy.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import dask
+import dask.array as da
+import numpy as np
 import pytest
 import rasterio
+import xarray as xr
 
 import s2mosaic
 from s2mosaic._readers import AssetRioReader
@@ -63,7 +68,8 @@ def path_rows(path: Path) -> int:
 
 
 def _spec(catalog: Path, out: Path, prune: str, **kw: Any) -> MosaicSpec:
-    rt = {"chunks": 64, "tile_size": 64, "scheduler": "synchronous", "prune_dates": prune}
+    """Chunks of 64 px; the runs' tiles hold 2 × 2 of them."""
+    rt = {"chunks": 64, "tile_size": 128, "scheduler": "synchronous", "prune_dates": prune}
     rt |= kw.pop("runtime", {})
     kw.setdefault("mask", {"method": "scl"})
     return demo_spec(catalog, out).replace(
@@ -85,27 +91,52 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     return seen
 
 
-@pytest.mark.parametrize("method", COMPOSITE_METHODS)
-def test_pruned_run_is_byte_identical(cloudy_catalog: Path, tmp_path: Path, method: str,
+def _band_reads(n: Counter[str]) -> dict[str, int]:
+    return {k: v for k, v in n.items() if not k.endswith("SCL.tif")}
+
+
+def test_pruned_mosaic_is_byte_identical_for_every_method(cloudy_catalog: Path, tmp_path: Path,
+                                                           reads: Counter[str]) -> None:
+    """Every composite method: the lazy mosaics (chunks of 64 px) of all six computed together,
+    synchronously, so each setting reads its chunks once."""
+    from s2mosaic._pipeline import mosaic
+
+    got, seen = {}, {}
+    for prune in ("off", "auto"):
+        spec = _spec(cloudy_catalog, tmp_path, prune)
+        reads.clear()
+        with dask.config.set(scheduler="synchronous"):
+            got[prune] = dask.compute(*[mosaic(spec.replace(composite={"method": m}))
+                                        for m in COMPOSITE_METHODS])
+        seen[prune] = Counter(reads)
+    for method, a, b in zip(COMPOSITE_METHODS, got["off"], got["auto"], strict=True):
+        assert list(a.data_vars) == list(b.data_vars)
+        for name in a.data_vars:
+            assert a[name].dtype == b[name].dtype, (method, name)
+            assert np.array_equal(a[name].values, b[name].values), (method, name)
+    bands, bands_off = _band_reads(seen["auto"]), _band_reads(seen["off"])
+    # The fully cloudy dates' bands were never read; the others' were, fewer times.
+    assert any(d in k for k in bands_off for d in CLOUDY_DATES)
+    assert not any(d in k for k in bands for d in CLOUDY_DATES)
+    assert sum(bands.values()) < sum(bands_off.values())
+    # SCL was read as often as without pruning (once per chunk and item).
+    scl = {k: v for k, v in seen["auto"].items() if k.endswith("SCL.tif")}
+    assert scl == {k: v for k, v in seen["off"].items() if k.endswith("SCL.tif")}
+
+
+def test_pruned_run_is_byte_identical(cloudy_catalog: Path, tmp_path: Path,
                                       reads: Counter[str]) -> None:
-    composite = {"method": method}
+    """The tiled run: Zarr and COG byte for byte, the same report, fewer band reads."""
     runs = {}
     for prune in ("off", "auto"):
-        spec = _spec(cloudy_catalog, tmp_path / prune, prune, composite=composite)
+        spec = _spec(cloudy_catalog, tmp_path / prune, prune)
         reads.clear()
         report = s2mosaic.run(spec)
         runs[prune] = (spec, report, Counter(reads))
     (off, r_off, n_off), (auto, r_auto, n_auto) = runs["off"], runs["auto"]
     assert_identical_outputs(off.output, auto.output)
     assert r_off.tiles == r_auto.tiles and r_off.observations == r_auto.observations
-    bands = {k: v for k, v in n_auto.items() if not k.endswith("SCL.tif")}
-    bands_off = {k: v for k, v in n_off.items() if not k.endswith("SCL.tif")}
-    # The fully cloudy dates' bands were never read; the others' were, fewer times.
-    assert any(d in k for k in bands_off for d in CLOUDY_DATES)
-    assert not any(d in k for k in bands for d in CLOUDY_DATES)
-    assert sum(bands.values()) < sum(bands_off.values())
-    # The pre-pass read SCL once more per tile and date.
-    assert sum(n_auto.values()) - sum(bands.values()) > sum(n_off.values()) - sum(bands_off.values())
+    assert sum(_band_reads(n_auto).values()) < sum(_band_reads(n_off).values())
 
 
 def test_pruned_run_is_byte_identical_on_a_cluster(cloudy_catalog: Path, tmp_path: Path,
@@ -125,6 +156,7 @@ def test_pruning_is_off_for_other_masks_and_when_asked(cloudy_catalog: Path, tmp
     assert prunes(spec)
     assert not prunes(spec.replace(runtime=dataclasses.replace(spec.runtime, prune_dates="off")))
     assert not prunes(spec.replace(mask={"method": "ocm+scl"}))
+    assert not prunes(spec.replace(runtime=dataclasses.replace(spec.runtime, loader="stackstac")))
     with pytest.raises(SpecError, match=r"prune_dates.*'auto', 'off'"):
         RuntimeSpec(prune_dates="on")
 
@@ -189,3 +221,48 @@ def test_a_broken_band_of_a_pruned_date_is_never_read(cloudy_catalog: Path,
     assert r_off.status == "degraded" and r_off.scenes_dropped
     assert r_auto.status == "complete" and not r_auto.scenes_dropped
     assert_identical_outputs(off.output, auto.output)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_clear_per_chunk_is_numpys_any_per_block(dtype: str) -> None:
+    """One ``(time, 1, 1)`` block per spatial chunk: any pixel whose class is not masked, not
+    SCL nodata (0, or NaN for float SCL) and inside the AOI - chunk edges not on the grid's."""
+    from s2mosaic._prune import clear_per_chunk
+    from s2mosaic._spec import MaskSpec
+
+    rng = np.random.default_rng(3)
+    scl = rng.choice(np.array([0, 4, 5, 8, 9], dtype=dtype), size=(6, 70, 45),
+                     p=[0.2, 0.002, 0.002, 0.5, 0.296])
+    scl[2] = 9  # a fully cloudy slice
+    if dtype == "float32":
+        scl[scl == 0] = np.nan
+    aoi = rng.random((70, 45)) < 0.9
+    aoi[:32] = False  # the first row of chunks lies outside the AOI
+    mask = MaskSpec(method="scl", scl_classes=(8, 9))
+    nodata = np.nan if dtype == "float32" else 0
+    arr = xr.DataArray(da.from_array(scl, chunks=(6, 32, 16)), dims=("time", "y", "x"),
+                       attrs={"nodata": nodata})
+    got = clear_per_chunk(arr, mask, xr.DataArray(da.from_array(aoi, chunks=(32, 16)),
+                                                  dims=("y", "x")))
+    assert got.chunks == ((6,), (1, 1, 1), (1, 1, 1))
+    ok = ~np.isin(scl, [8, 9]) & ~np.isnan(scl.astype(float)) & (scl != 0) & aoi
+    want = np.array([[[ok[t, y:y + 32, x:x + 16].any() for x in range(0, 45, 16)]
+                      for y in range(0, 70, 32)] for t in range(6)])
+    np.testing.assert_array_equal(got.compute(), want)
+    assert not want[:, 0].any() and not want[2].any() and want.any()
+    no_aoi = clear_per_chunk(arr, mask).compute()
+    assert no_aoi[:, 0].any() and (no_aoi >= want).all()
+
+
+def test_reads_of_an_unknown_graph_are_left_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """A band that is not odc-loader's per-chunk read tasks comes back as it is, with a warning
+    that mask-first reads are off, rather than a wrong graph."""
+    from s2mosaic import _prune
+    from s2mosaic._prune import gate_reads
+
+    _prune._unknown_graph.cache_clear()  # it says so once per process
+    band = da.ones((3, 64, 64), dtype="uint16", chunks=(3, 32, 32))
+    clear = da.ones((3, 2, 2), dtype=bool, chunks=(3, 1, 1))
+    with caplog.at_level("WARNING", logger="s2mosaic._prune"):
+        assert gate_reads(band, clear) is band
+    assert "mask-first reads are off" in caplog.text
