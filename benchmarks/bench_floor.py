@@ -11,8 +11,9 @@ read is a cross-zone warp), on ONE LocalCluster (2 worker processes × 1 thread)
 - **floor**: every COG block the run needs (each asset's internal tiles that intersect the
   output grid's extent in the file's CRS) read and decoded once with rasterio/GDAL, one task per
   asset on the same workers, nothing else (no warp, no mask, no composite, no write);
-- **s2mosaic**: ``s2mosaic.run`` of the demo spec (percentile 25, SCL mask) on that AOI, Zarr
-  only, the items given (no search), chunks ``chunks``;
+- **s2mosaic**: ``s2mosaic.run`` of the demo spec (percentile 25, SCL mask, mask-first reads)
+  on that AOI, Zarr only, the items given (no search), chunks ``chunks``;
+- **s2mosaic, all dates**: the same with mask-first reads off (``runtime.prune_dates: off``);
 - **s2mosaic, SCL warped**: the same with the native SCL read switched off (the path before
   issue 18), for the native SCL gain;
 - **SCL alone** (after the rounds): the SCL of the one-zone items only, native against warped;
@@ -136,10 +137,14 @@ def baseline_run(items: list[Any], gbox: Any, chunks: int, out: Path) -> float:
 # -- s2mosaic ---------------------------------------------------------------------------------
 
 
-def s2mosaic_run(spec: Any, items: list[Any], client: Any, *, native: bool) -> float:
+def s2mosaic_run(spec: Any, items: list[Any], client: Any, *, native: bool,
+                 prune: str = "auto") -> float:
+    import dataclasses
+
     import s2mosaic
     import s2mosaic._cube as cube_mod
 
+    spec = spec.replace(runtime=dataclasses.replace(spec.runtime, prune_dates=prune))
     shutil.rmtree(spec.output.zarr, ignore_errors=True)
     plan = cube_mod.plan_native_scl
     if not native:
@@ -206,8 +211,10 @@ def _kind(prefix: str) -> str:
         return "SCL reads"
     if prefix.startswith("scl-native"):
         return "SCL replicate"
-    if prefix.startswith(("open-", "cfg-")):
+    if prefix.startswith(("open-", "cfg-", "prune-")):  # prune-: mask-first band reads
         return "band reads"
+    if prefix.lstrip("_").startswith("clear_block"):  # SCL reduced to clear dates per chunk
+        return "SCL reads"
     return "mask+composite+write"
 
 
@@ -292,8 +299,8 @@ def main() -> None:
         floor_run(client, needed, gdal)
         s2mosaic_run(spec, items, client, native=True)
         for r in range(args.rounds):
-            order = ["floor", "s2mosaic", "s2mosaic-warped-scl", "baseline"]
-            order = order[r % 4:] + order[:r % 4]  # rotate: no alternative always goes first
+            order = ["floor", "s2mosaic", "s2mosaic-all-dates", "s2mosaic-warped-scl", "baseline"]
+            order = order[r % 5:] + order[:r % 5]  # rotate: no alternative always goes first
             for name in order:
                 if name == "floor":
                     m = measured(client, floor_run, client, needed, gdal)
@@ -301,7 +308,8 @@ def main() -> None:
                     m = measured(client, baseline_run, items, gbox, args.chunks, out / "b.zarr")
                 else:
                     m = measured(client, s2mosaic_run, spec, items, client,
-                                 native=name == "s2mosaic")
+                                 native=name != "s2mosaic-warped-scl",
+                                 prune="off" if name == "s2mosaic-all-dates" else "auto")
                 runs[name].append(m)
                 print(f"round {r + 1} {name:<20} {m['wall']:6.2f} s  peak/worker "
                       f"{m['peak'] / 2**20:5.0f} MiB  busy "
@@ -324,18 +332,20 @@ def main() -> None:
 
     fl = walls("floor")
     print(f"\nfloor {_range(fl)} s")
-    for name in ("s2mosaic", "s2mosaic-warped-scl", "baseline"):
+    for name in ("s2mosaic", "s2mosaic-all-dates", "s2mosaic-warped-scl", "baseline"):
         xf = [w / f for w, f in zip(walls(name), fl, strict=True)]
         print(f"{name:<20} {_range(walls(name))} s = {_range(xf)} × floor, peak/worker "
               f"{max(m['peak'] for m in runs[name]) / 2**20:.0f} MiB")
     ratio = [b / s for b, s in zip(walls("baseline"), walls("s2mosaic"), strict=True)]
     gain = [w / s for w, s in zip(walls("s2mosaic-warped-scl"), walls("s2mosaic"), strict=True)]
-    print(f"baseline / s2mosaic: {_range(ratio)} ×; SCL warped / native: {_range(gain)} ×")
+    every = [w / s for w, s in zip(walls("s2mosaic-all-dates"), walls("s2mosaic"), strict=True)]
+    print(f"baseline / s2mosaic: {_range(ratio)} ×; SCL warped / native: {_range(gain)} ×; "
+          f"all dates / mask-first: {_range(every)} ×")
     scl = [w["busy"].get("SCL reads", 0) / (n["busy"].get("SCL reads", 0)
                                             + n["busy"].get("SCL replicate", 0))
            for w, n in zip(runs["s2mosaic-warped-scl"], runs["s2mosaic"], strict=True)]
     print(f"SCL task time, warped / native (reads + replicate): {_range(scl)} ×")
-    for name in ("s2mosaic", "s2mosaic-warped-scl", "baseline"):
+    for name in ("s2mosaic", "s2mosaic-all-dates", "s2mosaic-warped-scl", "baseline"):
         for m in runs[name]:
             total = m["wall"] * cores
             shares = {k: v / total for k, v in m["busy"].items()}

@@ -85,9 +85,9 @@ def shares(spec: Any, items: list[Any], grid: Any, chunks: int) -> dict[str, Any
     from s2mosaic._cube import SCL_VAR, load_cube, slice_keys
     from s2mosaic._grid import aoi_mask
     from s2mosaic._prune import clear_per_chunk
-    from s2mosaic.masks import MaskContext, valid_mask
+    from s2mosaic.masks import MaskContext, scl_nodata, valid_mask
 
-    tile_dates = cloudy_tiles = chunk_dates = cloudy_chunks = 0
+    tile_dates = cloudy_tiles = chunk_dates = cloudy_chunks = data_dates = cloudy_data = 0
     bytes_all = bytes_kept = 0
     blocks: dict[tuple[str, Any], int] = {}
     for tile in grid.tiles:
@@ -99,16 +99,21 @@ def shares(spec: Any, items: list[Any], grid: Any, chunks: int) -> dict[str, Any
         aoi = aoi_mask(box, spec.aoi, spec.runtime.chunks)
         valid = (valid_mask(cube[[SCL_VAR]], [SCL_VAR], spec.mask, MaskContext(geobox=box))
                  & aoi)
-        v, clear = dask.compute(valid.isel({valid.dims[-2]: ys, valid.dims[-1]: xs}).data,
-                                clear_per_chunk(cube[SCL_VAR], spec.mask, aoi))
+        has = ~scl_nodata(cube[SCL_VAR]) & aoi
+        v, d, clear = dask.compute(valid.isel({valid.dims[-2]: ys, valid.dims[-1]: xs}).data,
+                                   has.isel({has.dims[-2]: ys, has.dims[-1]: xs}).data,
+                                   clear_per_chunk(cube[SCL_VAR], spec.mask, aoi))
         n = v.shape[0]
         tile_dates += n
         cloudy_tiles += int((~v.any(axis=(1, 2))).sum())
         for y in range(0, v.shape[1], chunks):
             for x in range(0, v.shape[2], chunks):
-                c = v[:, y:y + chunks, x:x + chunks]
+                c = v[:, y:y + chunks, x:x + chunks].any(axis=(1, 2))
+                w = d[:, y:y + chunks, x:x + chunks].any(axis=(1, 2))
                 chunk_dates += n
-                cloudy_chunks += int((~c.any(axis=(1, 2))).sum())
+                cloudy_chunks += int((~c).sum())
+                data_dates += int(w.sum())
+                cloudy_data += int((w & ~c).sum())
         keys = slice_keys(touching, spec)
         order = {k: i for i, k in enumerate(sorted(set(keys)))}
         assert len(order) == n
@@ -126,6 +131,7 @@ def shares(spec: Any, items: list[Any], grid: Any, chunks: int) -> dict[str, Any
                         bytes_kept += blocks[href, bounds] if clear[order[k], iy, ix] else 0
     return {"tile_dates": tile_dates, "cloudy_tile_dates": cloudy_tiles,
             "chunk_dates": chunk_dates, "cloudy_chunk_dates": cloudy_chunks,
+            "data_chunk_dates": data_dates, "cloudy_data_chunk_dates": cloudy_data,
             "band_bytes_off": bytes_all, "band_bytes_on": bytes_kept}
 
 
@@ -192,8 +198,10 @@ def main() -> None:
     print(f"fully cloudy tile-dates {s['cloudy_tile_dates']}/{s['tile_dates']} "
           f"({s['cloudy_tile_dates'] / s['tile_dates']:.0%}), chunk-dates "
           f"{s['cloudy_chunk_dates']}/{s['chunk_dates']} "
-          f"({s['cloudy_chunk_dates'] / s['chunk_dates']:.0%})")
-    print(f"band bytes needed (compressed COG blocks, summed over tiles): off "
+          f"({s['cloudy_chunk_dates'] / s['chunk_dates']:.0%}); of the chunk-dates with SCL data "
+          f"in the AOI {s['cloudy_data_chunk_dates']}/{s['data_chunk_dates']} "
+          f"({s['cloudy_data_chunk_dates'] / s['data_chunk_dates']:.0%})")
+    print(f"band bytes needed (compressed COG blocks, summed over read chunks): off "
           f"{s['band_bytes_off'] / 1e6:.1f} MB, pruned {s['band_bytes_on'] / 1e6:.1f} MB "
           f"({s['band_bytes_on'] / s['band_bytes_off']:.0%})")
 

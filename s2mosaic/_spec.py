@@ -698,7 +698,7 @@ class RuntimeSpec(Section):
     per chunk on workers with a ``GPU`` resource (fails with the reason when there is none or
     CuPy cannot run there); ``cpu``: the CPU tasks; ``auto``: ``gpu`` when possible, else
     ``cpu`` (said once). Reads, OmniCloudMask scheduling, series and gap-fill are unchanged."""
-    prune_dates: str = "off"
+    prune_dates: str = "auto"
     """Mask-first reads (:mod:`s2mosaic._prune`): each band chunk of a mosaic waits for its SCL
     and reads only the dates with at least one clear pixel in the chunk. ``auto``: for mosaics
     masked by ``scl`` alone, loaded by odc-stac (the other maskers need the band pixels);
