@@ -14,9 +14,10 @@ provenance are unchanged, and SCL is read once (the mask uses the same chunk). A
 asset is never opened: an asset that cannot be read, of a slice with no clear pixel in a chunk,
 fails nothing there (its pixels could not count).
 
-Only for cloud masks that read SCL alone (the other maskers need the band pixels), mosaics (not
-the cube that :func:`s2mosaic.load` and ``observations`` hand to users, where band values of
-cloudy dates stay visible) and the odc-stac loader. Switched by ``runtime.prune_dates``
+Only for cloud masks that read SCL alone (the other maskers need the band pixels), composites -
+mosaics and the periods of a series (not the cube that :func:`s2mosaic.load` and
+``observations`` hand to users, where band values of cloudy dates stay visible, nor gap-fill) -
+and the odc-stac loader. Switched by ``runtime.prune_dates``
 (``auto`` | ``off``). Where odc-loader builds its read tasks some other way than this module
 knows, the reads are left as they are (logged once).
 """

@@ -139,6 +139,27 @@ def test_pruned_run_is_byte_identical(cloudy_catalog: Path, tmp_path: Path,
     assert sum(_band_reads(n_auto).values()) < sum(_band_reads(n_off).values())
 
 
+def test_pruned_series_is_byte_identical(cloudy_catalog: Path, tmp_path: Path,
+                                         reads: Counter[str]) -> None:
+    """A series' periods are composites too: the same bytes, fewer band reads (one cube shared
+    by the periods, and min-cover picks per period)."""
+    from s2mosaic._timeseries import series
+
+    for select in ("all", "min-cover"):
+        got, bands = {}, {}
+        for prune in ("off", "auto"):
+            spec = _spec(cloudy_catalog, tmp_path, prune, series={"periods": "every 10 days"},
+                         select={"method": select})
+            reads.clear()
+            with dask.config.set(scheduler="synchronous"):
+                got[prune] = series(spec).compute()
+            bands[prune] = sum(_band_reads(reads).values())
+        assert got["off"].sizes["time"] > 1
+        for name in got["off"].data_vars:
+            assert np.array_equal(got["off"][name].values, got["auto"][name].values), name
+        assert bands["auto"] < bands["off"], select
+
+
 def test_pruned_run_is_byte_identical_on_a_cluster(cloudy_catalog: Path, tmp_path: Path,
                                                    dask_client: Any) -> None:
     specs = [_spec(cloudy_catalog, tmp_path / p, p, mask={"method": "scl", "dilation": 2},
