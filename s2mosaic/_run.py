@@ -378,6 +378,9 @@ class _Store:
         self.spec, self.product, self.resume = spec, product, resume
         self.scratch = out.zarr is None
         self.manifest = Manifest(self.path)
+        #: ((item ids, context box), lazy product) of the tile the template was built from:
+        #: the tile loop reuses it for that tile instead of building the same graph again.
+        self.probe: tuple[tuple[list[str], GeoBox], xr.Dataset] | None = None
         self.lock = RunLock(self.path, f"s2mosaic {product.kind} {spec.name}"
                                        f"{' --resume' if resume else ''}"
                                        f"{' --overwrite' if out.overwrite else ''}")
@@ -496,7 +499,9 @@ class _Store:
                      else {"nodata": 0} for n in names}
         probe = next((t for t in grid.tiles if grid.touching(t)), None)
         if probe is not None:
-            ds = self.product.build(grid.touching(probe), grid.context(probe)[0])
+            touching, box = grid.touching(probe), grid.context(probe)[0]
+            ds = self.product.build(touching, box)
+            self.probe = (([i.id for i in touching], box), ds)
             attrs = {k: v for k, v in ds.attrs.items() if k not in _TILE_ATTRS}
             var_attrs = {n: dict(ds[n].attrs) for n in names}
         data = {n: self.zeros(grid.gbox).assign_attrs(var_attrs[n]) for n in names}
@@ -665,11 +670,20 @@ class _Run:
         ds = None
         if items:
             box = self.grid.context(tile)[0]
-            ds = self.grid.crop(self.product.build(items, box), tile, self.chunk,
+            ds = self.grid.crop(self._build(items, box), tile, self.chunk,
                                 {"time": self.product.time_chunk} if self.product.time else {})
         arrays = tile_arrays(ds, self.product.names, lambda: self.out.zeros(tile.geobox).data)
         graph, tasks = block_writes(arrays, str(self.store), tile)
         return TileGraph(graph, tasks, len(items), not items)
+
+    def _build(self, items: list[pystac.Item], box: GeoBox) -> xr.Dataset:
+        """The lazy product of ``items`` on ``box``: the one the store's template already built
+        when it is the same tile with the same items (once), else built now."""
+        probe = self.out.probe
+        if probe is not None and probe[0] == ([i.id for i in items], box):
+            self.out.probe = None
+            return probe[1]
+        return self.product.build(items, box)
 
     def _salvage(self, tile: Tile, error: BaseException) -> bool:
         """Whether ``tile``, failed after its retries with ``error``, is computed again without

@@ -103,11 +103,20 @@ def test_default_tile_size_is_the_chunk_multiple_nearest_2048() -> None:
 
 
 # -- tiled = one graph ------------------------------------------------------------------------
-def test_tiled_run_equals_the_single_graph_mosaic(demo_catalog: Path, tmp_path: Path) -> None:
+def test_tiled_run_equals_the_single_graph_mosaic(demo_catalog: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Both zones, both tiles of the demo: tiles aligned with the chunks change nothing."""
+    from s2mosaic._run import MosaicProduct
+
+    builds = []
+    real = MosaicProduct.build
+    monkeypatch.setattr(MosaicProduct, "build",
+                        lambda self, items, box: builds.append(box) or real(self, items, box))
     spec = _spec(demo_catalog, tmp_path, tile=128, chunks=64)
     report = s2mosaic.run(spec)
     assert report.tiles["total"] == report.tiles["computed"] == 8  # 241×462 px in 128² tiles
+    # One graph per tile: the store's template was built from the first tile's, reused there.
+    assert len(builds) == 8 and len({tuple(b.boundingbox) for b in builds}) == 8
     got = _values(tmp_path / "m.zarr")
     whole = mosaic(spec).compute(scheduler="synchronous")
     for n in BANDS:
