@@ -211,7 +211,8 @@ def _kind(prefix: str) -> str:
         return "SCL reads"
     if prefix.startswith("scl-native"):
         return "SCL replicate"
-    if prefix.startswith(("open-", "cfg-", "prune-")):  # prune-: mask-first band reads
+    # prune: mask-first band reads; apply_offset: a band read fused with its BOA offset
+    if prefix.startswith(("open-", "cfg-", "prune", "apply_offset")):
         return "band reads"
     if prefix.lstrip("_").startswith("clear_block"):  # SCL reduced to clear dates per chunk
         return "SCL reads"
