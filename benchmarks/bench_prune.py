@@ -84,6 +84,7 @@ def shares(spec: Any, items: list[Any], grid: Any, chunks: int) -> dict[str, Any
 
     from s2mosaic._cube import SCL_VAR, load_cube, slice_keys
     from s2mosaic._grid import aoi_mask
+    from s2mosaic._pipeline import scl_gate
     from s2mosaic._prune import clear_per_chunk
     from s2mosaic.masks import MaskContext, scl_nodata, valid_mask
 
@@ -102,7 +103,7 @@ def shares(spec: Any, items: list[Any], grid: Any, chunks: int) -> dict[str, Any
         has = ~scl_nodata(cube[SCL_VAR]) & aoi
         v, d, clear = dask.compute(valid.isel({valid.dims[-2]: ys, valid.dims[-1]: xs}).data,
                                    has.isel({has.dims[-2]: ys, has.dims[-1]: xs}).data,
-                                   clear_per_chunk(cube[SCL_VAR], spec.mask, aoi))
+                                   clear_per_chunk(cube[SCL_VAR], scl_gate(spec), aoi))
         n = v.shape[0]
         tile_dates += n
         cloudy_tiles += int((~v.any(axis=(1, 2))).sum())

@@ -41,7 +41,7 @@ from ._items import (
     scl_asset_key,
     solar_day,
 )
-from ._prune import clear_per_chunk, gate_reads
+from ._prune import SclInvalid, clear_per_chunk, gate_reads
 from ._readers import AssetRioDriver, stackstac_reader
 from ._sclread import plan_native_scl
 from ._spec import MosaicSpec, RuntimeSpec
@@ -148,16 +148,17 @@ def observation_count(items: Sequence[pystac.Item], spec: MosaicSpec) -> int:
 
 
 def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox, *,
-              prune: bool = False) -> xr.Dataset:
+              prune: SclInvalid | None = None) -> xr.Dataset:
     """Lazily load ``spec.bands``, SCL and the cloud masker's bands of ``items`` onto ``geobox``.
 
     Returns an ``xr.Dataset`` with one ``(time, y, x)`` variable per band, named as in
     ``spec.bands`` (``uint16`` for Sentinel-2 reflectance, attr ``nodata``), ``scl``
     (``uint8``, attr ``nodata``) when ``mask.method`` reads SCL, and ``mask_<asset>`` for each
     band the cloud masker needs that ``spec.bands`` does not already hold; attr ``mask_bands``
-    lists the masker's input variables in its band order. With ``prune`` (mosaics of
-    ``runtime.prune_dates: auto``, :func:`s2mosaic._prune.prunes`) each band chunk reads only
-    the time slices whose SCL leaves a clear pixel in it, the others stay nodata. Chunks are
+    lists the masker's input variables in its band order. With ``prune`` (what makes an SCL
+    pixel invalid; composites of ``runtime.prune_dates: auto``, :mod:`s2mosaic._prune`) each
+    band chunk reads only the time slices with an SCL pixel in it that ``prune`` leaves valid
+    inside the AOI; the others stay nodata. Chunks are
     ``(all times, spec.runtime.chunks, spec.runtime.chunks)``. Data types and nodata come from
     :func:`band_types`, which raises :class:`~s2mosaic.errors.DataError` (naming the collection,
     asset and spec field) for an asset nothing declares a data type for.
@@ -180,8 +181,8 @@ def load_cube(items: Sequence[pystac.Item], spec: MosaicSpec, geobox: GeoBox, *,
         ds = _load_stackstac(items, keys, scl, types, item_keys, geobox, spec)
     else:
         ds = _load_odc(items, keys, scl, types, item_keys, geobox, spec)
-        if prune and scl:
-            clear = clear_per_chunk(ds[SCL_VAR], spec.mask,
+        if prune is not None and scl:
+            clear = clear_per_chunk(ds[SCL_VAR], prune,
                                     aoi_mask(geobox, spec.aoi, spec.runtime.chunks))
             for name in keys:
                 ds[name] = ds[name].copy(data=gate_reads(ds[name].data, clear))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import platform
 import time
 from collections.abc import Sequence
@@ -18,16 +19,16 @@ from ._device import current_client, resolve_device
 from ._fused import fused_composite
 from ._grid import aoi_mask, output_geobox
 from ._items import boa_offset, item_datetime, mask_band_keys, resolve_band, scl_asset_key
-from ._prune import prunes
+from ._prune import SclInvalid, prunes
 from ._search import SearchResult, search
 from ._select import apply_selection
 from ._spec import MosaicSpec
 from ._write import PROVENANCE_ATTR, netcdf_attrs
 from .composite import PERCENTILE_DEFINITION, composite
 from .errors import DISTRIBUTION
-from .masks import MaskContext, valid_mask
+from .masks import MaskContext, scl_invalid, valid_mask
 
-__all__ = ["masked_cube", "mosaic", "provenance", "software_versions"]
+__all__ = ["masked_cube", "mosaic", "provenance", "scl_gate", "software_versions"]
 
 _PACKAGES = ("s2mosaic", "numpy", "numba", "dask", "distributed", "xarray", "odc-stac", "odc-geo",
              "odc-loader", "pystac", "pystac-client", "rasterio", "zarr", "stackstac",
@@ -71,7 +72,7 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
     items = list(items) if not isinstance(items, SearchResult) else items
     gbox = geobox or output_geobox(spec, items)
     if (device or resolve_device(spec.runtime.device, current_client())) == "gpu":
-        cube = load_cube(items, spec, gbox, prune=prunes(spec))
+        cube = load_cube(items, spec, gbox, prune=scl_gate(spec) if prunes(spec) else None)
         result = fused_composite(spec, cube, aoi_mask(gbox, spec.aoi, spec.runtime.chunks),
                                  device="gpu", ctx=MaskContext(geobox=gbox))
     else:
@@ -95,10 +96,16 @@ def masked_cube(spec: MosaicSpec, items: Sequence[pystac.Item], geobox: GeoBox, 
     skip the dates their SCL finds all cloudy (:mod:`s2mosaic._prune`; mosaics only, where
     band values of invalid observations are never seen).
     """
-    cube = load_cube(items, spec, geobox, prune=prune)
+    cube = load_cube(items, spec, geobox, prune=scl_gate(spec) if prune else None)
     valid = (valid_mask(cube, spec.bands, spec.mask, MaskContext(geobox=geobox))
              & aoi_mask(geobox, spec.aoi, spec.runtime.chunks))
     return cube, valid
+
+
+def scl_gate(spec: MosaicSpec) -> SclInvalid:
+    """What makes an SCL pixel invalid under ``spec.mask`` (its classes, and nodata), as the
+    mask-first reads of :func:`s2mosaic._cube.load_cube` take it."""
+    return functools.partial(scl_invalid, classes=tuple(spec.mask.scl_classes))
 
 
 def provenance(spec: MosaicSpec, items: Sequence[pystac.Item], gbox: GeoBox, observations: int,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import dask.array as da
@@ -35,10 +35,9 @@ import xarray as xr
 from dask._task_spec import Task, TaskRef
 from dask.highlevelgraph import HighLevelGraph
 
-from ._spec import MaskSpec, MosaicSpec
-from .masks.scl import scl_invalid
+from ._spec import MosaicSpec
 
-__all__ = ["clear_per_chunk", "gate_reads", "prunes"]
+__all__ = ["SclInvalid", "clear_per_chunk", "gate_reads", "prunes"]
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +48,18 @@ def prunes(spec: MosaicSpec) -> bool:
             and spec.runtime.loader == "odc-stac")
 
 
-def clear_per_chunk(scl: xr.DataArray, mask: MaskSpec, aoi: xr.DataArray | None = None,
+#: What makes an SCL pixel invalid: a function of a ``(time, y, x)`` SCL block (a DataArray with
+#: its ``nodata`` attr) to booleans, e.g. :func:`s2mosaic.masks.scl_invalid` with the mask's
+#: classes bound (``functools.partial``: it travels to the workers).
+SclInvalid = Callable[[xr.DataArray], xr.DataArray]
+
+
+def clear_per_chunk(scl: xr.DataArray, invalid: SclInvalid, aoi: xr.DataArray | None = None,
                     ) -> da.Array:
     """``(time, chunks along y, chunks along x)`` booleans, one ``(time, 1, 1)`` block per
-    spatial chunk of ``scl``: whether the slice has a pixel in the chunk that SCL (not one of
-    ``mask.scl_classes``, not nodata) and ``aoi`` leave valid - a superset of the mosaic's valid
-    pixels (dilation, buffers and band nodata only take validity away)."""
+    spatial chunk of ``scl``: whether the slice has a pixel in the chunk that SCL (``invalid``
+    false) and ``aoi`` leave valid - a superset of the mosaic's valid pixels (dilation, buffers
+    and band nodata only take validity away)."""
     data = scl.data
     if not isinstance(data, da.Array) or len(data.chunks[0]) != 1:
         raise ValueError(f"SCL must be a Dask array with one chunk along time, got {data!r}")
@@ -63,14 +68,14 @@ def clear_per_chunk(scl: xr.DataArray, mask: MaskSpec, aoi: xr.DataArray | None 
     if aoi is not None:
         args += [aoi.data, "yx"]
     return da.blockwise(
-        functools.partial(_clear_block, classes=tuple(mask.scl_classes), nodata=nodata),
+        functools.partial(_clear_block, invalid=invalid, nodata=nodata),
         "tyx", *args, adjust_chunks={"y": 1, "x": 1}, dtype=bool,
         meta=np.empty((0, 0, 0), dtype=bool))
 
 
-def _clear_block(scl: np.ndarray, aoi: np.ndarray | None = None, *, classes: Sequence[int],
+def _clear_block(scl: np.ndarray, aoi: np.ndarray | None = None, *, invalid: SclInvalid,
                  nodata: float) -> np.ndarray:
-    ok = ~scl_invalid(xr.DataArray(scl, attrs={"nodata": nodata}), classes).values
+    ok = ~np.asarray(invalid(xr.DataArray(scl, attrs={"nodata": nodata})).values)
     if aoi is not None:
         ok &= aoi[None]
     return np.asarray(ok.any(axis=(1, 2)))[:, None, None]

@@ -11,6 +11,7 @@ SCL was read no more often. The per-chunk test itself is checked against NumPy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -171,10 +172,14 @@ def test_pruned_run_is_byte_identical_on_a_cluster(cloudy_catalog: Path, tmp_pat
 
 def test_pruning_is_off_for_other_masks_and_when_asked(cloudy_catalog: Path, tmp_path: Path,
                                                        reads: Counter[str]) -> None:
+    from s2mosaic._pipeline import scl_gate
     from s2mosaic._prune import prunes
+    from s2mosaic.masks import scl_invalid
 
     spec = _spec(cloudy_catalog, tmp_path, "auto")
     assert prunes(spec)
+    gate = scl_gate(spec)
+    assert gate.func is scl_invalid and gate.keywords == {"classes": tuple(spec.mask.scl_classes)}
     assert not prunes(spec.replace(runtime=dataclasses.replace(spec.runtime, prune_dates="off")))
     assert not prunes(spec.replace(mask={"method": "ocm+scl"}))
     assert not prunes(spec.replace(runtime=dataclasses.replace(spec.runtime, loader="stackstac")))
@@ -249,7 +254,7 @@ def test_clear_per_chunk_is_numpys_any_per_block(dtype: str) -> None:
     """One ``(time, 1, 1)`` block per spatial chunk: any pixel whose class is not masked, not
     SCL nodata (0, or NaN for float SCL) and inside the AOI - chunk edges not on the grid's."""
     from s2mosaic._prune import clear_per_chunk
-    from s2mosaic._spec import MaskSpec
+    from s2mosaic.masks import scl_invalid
 
     rng = np.random.default_rng(3)
     scl = rng.choice(np.array([0, 4, 5, 8, 9], dtype=dtype), size=(6, 70, 45),
@@ -259,11 +264,11 @@ def test_clear_per_chunk_is_numpys_any_per_block(dtype: str) -> None:
         scl[scl == 0] = np.nan
     aoi = rng.random((70, 45)) < 0.9
     aoi[:32] = False  # the first row of chunks lies outside the AOI
-    mask = MaskSpec(method="scl", scl_classes=(8, 9))
+    gate = functools.partial(scl_invalid, classes=(8, 9))  # what _pipeline.scl_gate makes
     nodata = np.nan if dtype == "float32" else 0
     arr = xr.DataArray(da.from_array(scl, chunks=(6, 32, 16)), dims=("time", "y", "x"),
                        attrs={"nodata": nodata})
-    got = clear_per_chunk(arr, mask, xr.DataArray(da.from_array(aoi, chunks=(32, 16)),
+    got = clear_per_chunk(arr, gate, xr.DataArray(da.from_array(aoi, chunks=(32, 16)),
                                                   dims=("y", "x")))
     assert got.chunks == ((6,), (1, 1, 1), (1, 1, 1))
     ok = ~np.isin(scl, [8, 9]) & ~np.isnan(scl.astype(float)) & (scl != 0) & aoi
@@ -271,7 +276,7 @@ def test_clear_per_chunk_is_numpys_any_per_block(dtype: str) -> None:
                       for y in range(0, 70, 32)] for t in range(6)])
     np.testing.assert_array_equal(got.compute(), want)
     assert not want[:, 0].any() and not want[2].any() and want.any()
-    no_aoi = clear_per_chunk(arr, mask).compute()
+    no_aoi = clear_per_chunk(arr, gate).compute()
     assert no_aoi[:, 0].any() and (no_aoi >= want).all()
 
 
