@@ -93,8 +93,8 @@ def masked_cube(spec: MosaicSpec, items: Sequence[pystac.Item], geobox: GeoBox, 
 
     :func:`mosaic`, :func:`s2mosaic.series`, :func:`s2mosaic.observations` and the gap-fill
     all start here, on the whole grid or on a run tile's context box. ``prune``: band chunks
-    skip the dates their SCL finds all cloudy (:mod:`s2mosaic._prune`; mosaics only, where
-    band values of invalid observations are never seen).
+    skip the dates their SCL finds all cloudy (:mod:`s2mosaic._prune`; for composites only -
+    mosaics, series periods - where band values of invalid observations are never seen).
     """
     cube = load_cube(items, spec, geobox, prune=scl_gate(spec) if prune else None)
     valid = (valid_mask(cube, spec.bands, spec.mask, MaskContext(geobox=geobox))

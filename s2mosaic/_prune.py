@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 
 def prunes(spec: MosaicSpec) -> bool:
-    """Whether mosaics of ``spec`` read bands mask-first (``runtime.prune_dates``)."""
+    """Whether composites (mosaics, series periods) of ``spec`` read bands mask-first
+    (``runtime.prune_dates``)."""
     return (spec.runtime.prune_dates == "auto" and spec.mask.method == "scl"
             and spec.runtime.loader == "odc-stac")
 
@@ -90,11 +91,13 @@ def gate_reads(band: da.Array, clear: da.Array) -> da.Array:
 
     graph = band.__dask_graph__()
     layer = graph.layers.get(band.name) if isinstance(graph, HighLevelGraph) else None
-    if (not isinstance(graph, HighLevelGraph) or layer is None or len(band.chunks[0]) != 1 or clear.numblocks[1:] != band.numblocks[1:]
-            or not all(isinstance(t, Task) and t.func is _dask_loader_tyx
-                       for t in layer.values())):
+    known = (isinstance(graph, HighLevelGraph) and layer is not None
+             and len(band.chunks[0]) == 1 and clear.numblocks[1:] == band.numblocks[1:]
+             and all(isinstance(t, Task) and t.func is _dask_loader_tyx for t in layer.values()))
+    if not known:
         _unknown_graph()
         return band
+    assert isinstance(graph, HighLevelGraph) and layer is not None
     name = f"prune-{band.name}-{clear.name}"
     tasks: dict[Any, Any] = {}
     for key, task in layer.items():

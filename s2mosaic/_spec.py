@@ -98,7 +98,8 @@ LOADERS: tuple[str, ...] = ("odc-stac", "stackstac")
 ON_READ_ERROR: tuple[str, ...] = ("skip", "fail")
 #: ``runtime.device``: where a mosaic's per-chunk mask + composite runs (:mod:`s2mosaic._device`).
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
-#: ``runtime.prune_dates``: band chunks skip the dates their SCL finds all cloudy (:mod:`s2mosaic._prune`).
+#: ``runtime.prune_dates``: band chunks skip the dates their SCL finds all cloudy
+#: (:mod:`s2mosaic._prune`).
 PRUNE_DATES: tuple[str, ...] = ("auto", "off")
 MASK_METHODS: tuple[str, ...] = ("scl", "ocm", "ocm+scl", "s2cloudless", "csmask", "csmask+scl",
                                   "none")
