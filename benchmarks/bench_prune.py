@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_floor import BANDS, _aoi, _needed_blocks  # the helpers live beside this script
+from bench_floor import BANDS, _aoi, _needed_blocks, _range  # the helpers live beside this script
 
 CELL = 128  # SCL pixels (20 m): 2.56 km cells of cloud
 
@@ -146,10 +146,6 @@ def cloud_fraction(items: list[Any]) -> float:
         valid += int((scl != 0).sum())
         cloudy += int(np.isin(scl, (3, 8, 9, 10)).sum())
     return cloudy / max(1, valid)
-
-
-def _range(xs: list[float]) -> str:
-    return f"{statistics.median(xs):.2f} [{min(xs):.2f}-{max(xs):.2f}]"
 
 
 def main() -> None:
