@@ -14,6 +14,9 @@ read is a cross-zone warp), on ONE LocalCluster (2 worker processes × 1 thread)
 - **s2mosaic**: ``s2mosaic.run`` of the demo spec (percentile 25, SCL mask, mask-first reads)
   on that AOI, Zarr only, the items given (no search), chunks ``chunks``;
 - **s2mosaic, all dates**: the same with mask-first reads off (``runtime.prune_dates: off``);
+- **s2mosaic, GDAL warps**: the same with every cross-zone read warped by GDAL
+  (``runtime.warp_reuse: off``; the default gathers through an index map per source grid and
+  chunk, :mod:`s2mosaic._warp`);
 - **s2mosaic, SCL warped**: the same with the native SCL read switched off (the path before
   issue 18), for the native SCL gain;
 - **SCL alone** (after the rounds): the SCL of the one-zone items only, native against warped;
@@ -137,14 +140,24 @@ def baseline_run(items: list[Any], gbox: Any, chunks: int, out: Path) -> float:
 # -- s2mosaic ---------------------------------------------------------------------------------
 
 
+#: The s2mosaic rows: (SCL at its native 20 m, runtime.prune_dates, runtime.warp_reuse).
+VARIANTS = {
+    "s2mosaic": (True, "auto", "auto"),
+    "s2mosaic-all-dates": (True, "off", "auto"),
+    "s2mosaic-gdal-warps": (True, "auto", "off"),
+    "s2mosaic-warped-scl": (False, "auto", "auto"),
+}
+
+
 def s2mosaic_run(spec: Any, items: list[Any], client: Any, *, native: bool,
-                 prune: str = "auto") -> float:
+                 prune: str = "auto", warp_reuse: str = "auto") -> float:
     import dataclasses
 
     import s2mosaic
     import s2mosaic._cube as cube_mod
 
-    spec = spec.replace(runtime=dataclasses.replace(spec.runtime, prune_dates=prune))
+    spec = spec.replace(runtime=dataclasses.replace(spec.runtime, prune_dates=prune,
+                                                    warp_reuse=warp_reuse))
     shutil.rmtree(spec.output.zarr, ignore_errors=True)
     plan = cube_mod.plan_native_scl
     if not native:
@@ -300,17 +313,17 @@ def main() -> None:
         floor_run(client, needed, gdal)
         s2mosaic_run(spec, items, client, native=True)
         for r in range(args.rounds):
-            order = ["floor", "s2mosaic", "s2mosaic-all-dates", "s2mosaic-warped-scl", "baseline"]
-            order = order[r % 5:] + order[:r % 5]  # rotate: no alternative always goes first
+            order = ["floor", *VARIANTS, "baseline"]
+            order = order[r % len(order):] + order[:r % len(order)]  # no row always goes first
             for name in order:
                 if name == "floor":
                     m = measured(client, floor_run, client, needed, gdal)
                 elif name == "baseline":
                     m = measured(client, baseline_run, items, gbox, args.chunks, out / "b.zarr")
                 else:
-                    m = measured(client, s2mosaic_run, spec, items, client,
-                                 native=name != "s2mosaic-warped-scl",
-                                 prune="off" if name == "s2mosaic-all-dates" else "auto")
+                    native, prune, reuse = VARIANTS[name]
+                    m = measured(client, s2mosaic_run, spec, items, client, native=native,
+                                 prune=prune, warp_reuse=reuse)
                 runs[name].append(m)
                 print(f"round {r + 1} {name:<20} {m['wall']:6.2f} s  peak/worker "
                       f"{m['peak'] / 2**20:5.0f} MiB  busy "
@@ -333,20 +346,22 @@ def main() -> None:
 
     fl = walls("floor")
     print(f"\nfloor {_range(fl)} s")
-    for name in ("s2mosaic", "s2mosaic-all-dates", "s2mosaic-warped-scl", "baseline"):
+    for name in (*VARIANTS, "baseline"):
         xf = [w / f for w, f in zip(walls(name), fl, strict=True)]
         print(f"{name:<20} {_range(walls(name))} s = {_range(xf)} × floor, peak/worker "
               f"{max(m['peak'] for m in runs[name]) / 2**20:.0f} MiB")
     ratio = [b / s for b, s in zip(walls("baseline"), walls("s2mosaic"), strict=True)]
     gain = [w / s for w, s in zip(walls("s2mosaic-warped-scl"), walls("s2mosaic"), strict=True)]
     every = [w / s for w, s in zip(walls("s2mosaic-all-dates"), walls("s2mosaic"), strict=True)]
+    warps = [w / s for w, s in zip(walls("s2mosaic-gdal-warps"), walls("s2mosaic"), strict=True)]
     print(f"baseline / s2mosaic: {_range(ratio)} ×; SCL warped / native: {_range(gain)} ×; "
-          f"all dates / mask-first: {_range(every)} ×")
+          f"all dates / mask-first: {_range(every)} ×; GDAL warp per read / index maps: "
+          f"{_range(warps)} ×")
     scl = [w["busy"].get("SCL reads", 0) / (n["busy"].get("SCL reads", 0)
                                             + n["busy"].get("SCL replicate", 0))
            for w, n in zip(runs["s2mosaic-warped-scl"], runs["s2mosaic"], strict=True)]
     print(f"SCL task time, warped / native (reads + replicate): {_range(scl)} ×")
-    for name in ("s2mosaic", "s2mosaic-all-dates", "s2mosaic-warped-scl", "baseline"):
+    for name in (*VARIANTS, "baseline"):
         for m in runs[name]:
             total = m["wall"] * cores
             shares = {k: v / total for k, v in m["busy"].items()}

@@ -266,7 +266,7 @@ def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | Non
             # Every failed read names its URL (SceneReadError); with source.sign each read task
             # signs its own href (not patch_url, which odc-stac applies while building the
             # graph: the tokens would be baked in and expire).
-            driver=AssetRioDriver(spec.source.sign),
+            driver=AssetRioDriver(spec.source.sign, spec.runtime.warp_reuse == "auto"),
         )
 
     # odc-loader captures configure_rio's options *updated by this thread's rasterio env*, which

@@ -33,6 +33,7 @@ from odc.geo.geobox import GeoBox
 from odc.loader import RioDriver, RioReader
 from odc.loader.types import RasterLoadParams, RasterSource, ReaderSubsetSelection
 
+from . import _warp
 from ._sign import redact, sign_href
 from .errors import SceneReadError
 
@@ -72,11 +73,14 @@ def read_error(e: BaseException, href: str, signed: str) -> SceneReadError:
 
 class AssetRioReader(RioReader):
     """odc-loader's rasterio reader whose failures name ``src.uri``; with a signer it signs
-    ``src.uri`` (unsigned in the graph) at each read."""
+    ``src.uri`` (unsigned in the graph) at each read. With ``reuse_warps`` a nearest-neighbour
+    read across grids gathers through the worker's index map (:mod:`s2mosaic._warp`)."""
 
-    def __init__(self, src: RasterSource, ctx: Any, sign: str) -> None:
+    def __init__(self, src: RasterSource, ctx: Any, sign: str, reuse_warps: bool = False,
+                 ) -> None:
         super().__init__(src, ctx)
         self.sign = sign
+        self.reuse_warps = reuse_warps
 
     def read(self, cfg: RasterLoadParams, dst_geobox: GeoBox, *, dst: np.ndarray | None = None,
              selection: ReaderSubsetSelection | None = None,
@@ -84,12 +88,16 @@ class AssetRioReader(RioReader):
         href = self._src.uri
         signed = href
         try:
-            if self.sign == "none":
-                return super().read(cfg, dst_geobox, dst=dst, selection=selection)
-            _redact_odc_logs()
-            signed = sign_href(self.sign, href)
-            reader = RioReader(dataclasses.replace(self._src, uri=signed), self._ctx)
-            return reader.read(cfg, dst_geobox, dst=dst, selection=selection)
+            src = self._src
+            if self.sign != "none":
+                _redact_odc_logs()
+                signed = sign_href(self.sign, href)
+                src = dataclasses.replace(src, uri=signed)
+            if self.reuse_warps and dst is None and selection is None:
+                done = _warp.read(src, cfg, dst_geobox)
+                if done is not None:
+                    return done
+            return RioReader(src, self._ctx).read(cfg, dst_geobox, dst=dst, selection=selection)
         except Exception as e:
             failed = read_error(e, href, signed)
         raise failed  # outside the handler: see read_error
@@ -98,17 +106,18 @@ class AssetRioReader(RioReader):
 class AssetRioDriver(RioDriver):
     """odc-loader's rasterio driver with :class:`AssetRioReader` readers.
 
-    It enters the graph holding only the signer's name (``none``: no signing); metadata parsing
-    is left to odc-stac (``md_parser`` None: ``odc.stac.load`` builds its own from
-    ``stac_cfg``).
+    It enters the graph holding only the signer's name (``none``: no signing) and whether
+    warped reads reuse index maps (``runtime.warp_reuse``); metadata parsing is left to
+    odc-stac (``md_parser`` None: ``odc.stac.load`` builds its own from ``stac_cfg``).
     """
 
-    def __init__(self, sign: str = "none") -> None:
+    def __init__(self, sign: str = "none", reuse_warps: bool = False) -> None:
         super().__init__()
         self.sign = sign
+        self.reuse_warps = reuse_warps
 
     def open(self, src: RasterSource, ctx: Any) -> AssetRioReader:
-        return AssetRioReader(src, ctx, self.sign)
+        return AssetRioReader(src, ctx, self.sign, self.reuse_warps)
 
 
 def stackstac_reader(sign: str) -> Any:

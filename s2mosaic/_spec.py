@@ -101,6 +101,9 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 #: ``runtime.prune_dates``: band chunks skip the dates their SCL finds all cloudy
 #: (:mod:`s2mosaic._prune`).
 PRUNE_DATES: tuple[str, ...] = ("auto", "off")
+#: ``runtime.warp_reuse``: nearest-neighbour reads across grids gather through an index map
+#: GDAL warps once per source grid and chunk (:mod:`s2mosaic._warp`).
+WARP_REUSE: tuple[str, ...] = ("auto", "off")
 MASK_METHODS: tuple[str, ...] = ("scl", "ocm", "ocm+scl", "s2cloudless", "csmask", "csmask+scl",
                                   "none")
 #: ukis-csmask models: number of input bands, and processing levels (``None``: from the items).
@@ -704,6 +707,11 @@ class RuntimeSpec(Section):
     and reads only the dates with at least one clear pixel in the chunk. ``auto``: for mosaics
     masked by ``scl`` alone, loaded by odc-stac (the other maskers need the band pixels);
     ``off``: every date is read. The output is the same byte for byte either way."""
+    warp_reuse: str = "auto"
+    """Reads from another grid (another UTM zone, a geographic output) with ``nearest``
+    resampling (:mod:`s2mosaic._warp`): ``auto``: GDAL works out once per source grid and chunk
+    which source pixel each output pixel takes, and every date and band of that grid gathers
+    from it; ``off``: GDAL warps every read. The output is the same byte for byte either way."""
 
     def __post_init__(self) -> None:
         self._set("chunks", number("chunks", self.chunks, low=16, integer=True))
@@ -717,6 +725,7 @@ class RuntimeSpec(Section):
         self._set("on_read_error", choice("on_read_error", self.on_read_error, ON_READ_ERROR))
         self._set("device", choice("device", self.device, DEVICES))
         self._set("prune_dates", choice("prune_dates", self.prune_dates, PRUNE_DATES))
+        self._set("warp_reuse", choice("warp_reuse", self.warp_reuse, WARP_REUSE))
         if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler):
             raise fail("scheduler", self.scheduler,
                         "expected null, 'synchronous', 'threads' or a scheduler address "
