@@ -68,9 +68,9 @@ _lock = threading.Lock()
 
 @dataclass(frozen=True)
 class IndexMap:
-    """Which pixel of the source ``window`` (row, col offsets and shape) each output pixel of
-    an output box takes: ``flat`` indexes the window's pixels row by row, ``size`` (one past the
-    last) where the output pixel takes none."""
+    """Which pixel of the source ``window`` (the bounding box of the pixels taken; empty where
+    none is) each output pixel of an output box takes: ``flat`` indexes the window's pixels row
+    by row, ``size`` (one past the last) where the output pixel takes none."""
 
     window: Window
     flat: np.ndarray
@@ -127,8 +127,9 @@ def _read(rdr: Any, src: RasterSource, cfg: RasterLoadParams, dst_geobox: GeoBox
         return None
     w = imap.window
     buf = np.empty(imap.size + 1, dtype)
-    with rio_env(VSI_CACHE=False):
-        rdr.read(bidx, window=w, out=buf[:-1].reshape(int(w.height), int(w.width)))
+    if imap.size:
+        with rio_env(VSI_CACHE=False):
+            rdr.read(bidx, window=w, out=buf[:-1].reshape(int(w.height), int(w.width)))
     # What the warp leaves where it takes no pixel (outside the file, or the file's nodata):
     # rasterio's reproject reads a dst_nodata of 0 as none and falls back to the source's
     # nodata (0 when there is none), and odc-loader keeps the warp's pixels as they come.
@@ -188,6 +189,9 @@ def _warp_index(src_gbox: GeoBox, out_box: GeoBox, roi_src: Any) -> IndexMap | N
     if c.size and ((x0 > 0 and c.min() <= 1) or (x1 < cols and c.max() >= w)
                    or (y0 > 0 and r.min() <= 1) or (y1 < rows and r.max() >= h)):
         return None
-    flat = np.full(out_box.shape.yx, h * w, np.int32 if h * w < 2**31 - 1 else np.int64)
-    flat[taken] = (r.astype(np.int64) - 1) * w + (c - 1)
-    return IndexMap(Window(x0, y0, w, h), flat.reshape(-1))
+    # read only what is taken (GDAL decodes no more either): the pixels' bounding box
+    r0, c0 = (int(r.min()), int(c.min())) if c.size else (1, 1)
+    rh, cw = (int(r.max()) - r0 + 1, int(c.max()) - c0 + 1) if c.size else (0, 0)
+    flat = np.full(out_box.shape.yx, rh * cw, np.int32 if rh * cw < 2**31 - 1 else np.int64)
+    flat[taken] = (r.astype(np.int64) - r0) * cw + (c - c0)
+    return IndexMap(Window(x0 + c0 - 1, y0 + r0 - 1, cw, rh), flat.reshape(-1))
