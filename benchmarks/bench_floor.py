@@ -69,10 +69,12 @@ def _aoi(side_px: int) -> dict[str, Any]:
     back = Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True)
     x, y = (60 * round(v / 60) for v in t.transform(12.0, 47.5))
     half = side_px * 10 / 2
-    # a hair inside the square: the outward snap of the grid must not add a pixel row
+    # 5 m inside the square: the outward snap of the grid must not add a pixel row (an edge
+    # straight in lon/lat sags ~1.2 m in UTM between these corners; 1 m once gave 1025 rows)
+    i = 5
     ring = [back.transform(x + dx, y + dy) for dx, dy in
-            ((-half + 1, -half + 1), (half - 1, -half + 1), (half - 1, half - 1),
-             (-half + 1, half - 1), (-half + 1, -half + 1))]
+            ((-half + i, -half + i), (half - i, -half + i), (half - i, half - i),
+             (-half + i, half - i), (-half + i, -half + i))]
     return {"type": "Polygon", "coordinates": [[list(p) for p in ring]]}
 
 
@@ -255,8 +257,35 @@ def measured(client: Any, fn: Any, *args: Any, **kw: Any) -> dict[str, Any]:
     # the span from the first task's start to the last one's end: outside it the workers wait
     # for the client (graph building, store creation, metadata)
     window = max(stops) - min(starts) if starts else 0.0
-    return {"wall": wall, "peak": max(peaks.peaks.values()), "busy": dict(busy), "warp": warp,
+    return {"wall": wall, "peak": max(peaks.peaks.values()),
+            "peak_total": sum(peaks.peaks.values()), "busy": dict(busy), "warp": warp,
             "window": window}
+
+
+# -- DPIRD-DMA S2Mosaic 2.0 ---------------------------------------------------------------------
+
+
+def peer_run(python: str, catalog: Path, bounds: tuple[float, ...], out: Path,
+             ) -> dict[str, Any]:
+    """S2Mosaic 2.0 on the same items, grid, bands, percentile and SCL mask, in its own venv
+    (``peer_s2mosaic2.py``; the LocalCluster's workers sit idle meanwhile). Its wall time is its
+    ``mosaic()`` call alone (not the imports: ``process`` has the whole process)."""
+    import json
+    import subprocess
+
+    script = Path(__file__).with_name("peer_s2mosaic2.py")
+    t0 = time.perf_counter()
+    p = subprocess.run([python, str(script), "--catalog", str(catalog),
+                        "--bounds", *(repr(float(b)) for b in bounds), "--crs", "32632",
+                        "--out", str(out), "--workers", "2"],
+                       capture_output=True, text=True, check=False)
+    process = time.perf_counter() - t0
+    if p.returncode:
+        raise RuntimeError(f"S2Mosaic 2.0 failed (exit {p.returncode}): {p.stderr[-3000:]}")
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    return {"wall": r["wall_s"], "process": process, "peak": r["peak_rss_mib"] * 2**20,
+            "peak_total": r["peak_rss_mib"] * 2**20, "busy": {}, "warp": 0.0,
+            "window": r["wall_s"]}
 
 
 def _range(xs: list[float]) -> str:
@@ -270,7 +299,13 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=1024, help="AOI side in 10 m pixels")
     ap.add_argument("--chunks", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--peer-python", default=None,
+                    help="python of a venv with DPIRD-DMA S2Mosaic 2.0 (see peer_s2mosaic2.py): "
+                    "adds its row; default: the S2MOSAIC_PEER_PYTHON environment variable")
     args = ap.parse_args()
+    import os
+
+    peer = args.peer_python or os.environ.get("S2MOSAIC_PEER_PYTHON")
 
     import dask
     from distributed import Client, LocalCluster
@@ -312,14 +347,26 @@ def main() -> None:
         # warm-up: Numba's first compile on both workers, GDAL, the page cache
         floor_run(client, needed, gdal)
         s2mosaic_run(spec, items, client, native=True)
+        if peer:  # its Numba kernel compiles (and caches) on the first run
+            peer_run(peer, catalog, bounds, out / "peer.tif")
+        else:
+            print("S2Mosaic 2.0: not run (no --peer-python)")
         for r in range(args.rounds):
-            order = ["floor", *VARIANTS, "baseline"]
+            order = ["floor", *VARIANTS, "baseline", *(["s2mosaic-2.0"] if peer else [])]
             order = order[r % len(order):] + order[:r % len(order)]  # no row always goes first
             for name in order:
                 if name == "floor":
                     m = measured(client, floor_run, client, needed, gdal)
                 elif name == "baseline":
                     m = measured(client, baseline_run, items, gbox, args.chunks, out / "b.zarr")
+                elif name == "s2mosaic-2.0":
+                    assert peer
+                    m = peer_run(peer, catalog, bounds, out / "peer.tif")
+                    runs[name].append(m)
+                    print(f"round {r + 1} {name:<20} {m['wall']:6.2f} s  peak (one process) "
+                          f"{m['peak'] / 2**20:5.0f} MiB  (process with imports "
+                          f"{m['process']:.2f} s)", flush=True)
+                    continue
                 else:
                     native, prune, reuse = VARIANTS[name]
                     m = measured(client, s2mosaic_run, spec, items, client, native=native,
@@ -350,6 +397,17 @@ def main() -> None:
         xf = [w / f for w, f in zip(walls(name), fl, strict=True)]
         print(f"{name:<20} {_range(walls(name))} s = {_range(xf)} × floor, peak/worker "
               f"{max(m['peak'] for m in runs[name]) / 2**20:.0f} MiB")
+    if peer:
+        name = "s2mosaic-2.0"
+        xf = [w / f for w, f in zip(walls(name), fl, strict=True)]
+        sp = [p / s for p, s in zip(walls(name), walls("s2mosaic"), strict=True)]
+        mem = [s["peak_total"] / p["peak"] for s, p in zip(runs["s2mosaic"], runs[name],
+                                                           strict=True)]
+        print(f"{name:<20} {_range(walls(name))} s (its mosaic() call; the process "
+              f"{_range([m['process'] for m in runs[name]])} s) = {_range(xf)} × floor, peak "
+              f"{max(m['peak'] for m in runs[name]) / 2**20:.0f} MiB")
+        print(f"S2Mosaic 2.0 / s2mosaic: {_range(sp)} ×; peak memory, s2mosaic's workers "
+              f"together / S2Mosaic 2.0's process: {_range(mem)}")
     ratio = [b / s for b, s in zip(walls("baseline"), walls("s2mosaic"), strict=True)]
     gain = [w / s for w, s in zip(walls("s2mosaic-warped-scl"), walls("s2mosaic"), strict=True)]
     every = [w / s for w, s in zip(walls("s2mosaic-all-dates"), walls("s2mosaic"), strict=True)]

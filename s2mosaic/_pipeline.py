@@ -182,6 +182,13 @@ def _years(years: list[int]) -> str:
 
 def software_versions() -> dict[str, str]:
     """Versions of Python and the libraries that shape the result (also `s2mosaic show-versions`)."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
+    # once per process: the package metadata lookups cost ~20 ms, twice per run (template and
+    # tiles), and the imported libraries cannot change under a running process
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for name in _PACKAGES:
         try:
