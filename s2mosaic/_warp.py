@@ -143,8 +143,8 @@ def _read(rdr: Any, src: RasterSource, cfg: RasterLoadParams, dst_geobox: GeoBox
 
 def index_map(src_gbox: GeoBox, out_box: GeoBox, roi_src: Any) -> IndexMap | None:
     """The :class:`IndexMap` of ``out_box`` from ``src_gbox`` around ``roi_src`` (odc-geo's
-    source window of the read: ``(rows, cols)`` slices), from this worker's cache or warped now; None where the map
-    cannot stand for GDAL's warp (see the module docstring)."""
+    source window of the read: ``(rows, cols)`` slices), from this worker's cache or warped
+    now; None where the map cannot stand for GDAL's warp (see the module docstring)."""
     key = (str(src_gbox.crs), tuple(src_gbox.affine)[:6], src_gbox.shape.yx,
            str(out_box.crs), tuple(out_box.affine)[:6], out_box.shape.yx)
     with _lock:
