@@ -1,12 +1,14 @@
 """End-to-end throughput against the I/O floor and a hand-written baseline (issue 18).
 
 Run:  python benchmarks/bench_floor.py [--dir /tmp/s2mosaic-bench-floor] [--side 1024]
-                                       [--chunks 256] [--rounds 2]
+                                       [--size 1200] [--chunks 256] [--rounds 2]
+                                       [--peer-python VENV/bin/python]
 
-On the largest demo catalog (two 1200² px tiles either side of the 12°E UTM zone line, 32TQT in
-EPSG:32632 and 33TTN in EPSG:32633, 12 dates, 4 bands at 10 m + SCL at 20 m, local DEFLATE COGs)
-and a square AOI of ``side`` px centred on the zone line, output in EPSG:32632 (so every 33TTN
-read is a cross-zone warp), on ONE LocalCluster (2 worker processes × 1 thread), per round:
+On a demo catalog (two ``size``² px tiles, 1200 by default, either side of the 12°E UTM zone
+line, 32TQT in EPSG:32632 and 33TTN in EPSG:32633, 12 dates, 4 bands at 10 m + SCL at 20 m,
+local DEFLATE COGs with 256 px blocks) and a square AOI of ``side`` px centred on the zone line,
+output in EPSG:32632 (so every 33TTN read is a cross-zone warp), on ONE LocalCluster (2 worker
+processes × 1 thread), per round:
 
 - **floor**: every COG block the run needs (each asset's internal tiles that intersect the
   output grid's extent in the file's CRS) read and decoded once with rasterio/GDAL, one task per
@@ -297,6 +299,8 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/s2mosaic-bench-floor"))
     ap.add_argument("--side", type=int, default=1024, help="AOI side in 10 m pixels")
+    ap.add_argument("--size", type=int, default=1200,
+                    help="demo tile side in 10 m pixels (2400 for a 2048 px AOI)")
     ap.add_argument("--chunks", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--peer-python", default=None,
@@ -317,8 +321,11 @@ def main() -> None:
     from s2mosaic.demo import demo_spec, make_demo_catalog
 
     t0 = time.perf_counter()
-    catalog = make_demo_catalog(args.dir / "catalog", seed=0, size=1200)
-    print(f"demo catalog (2 × 1200² px, 12 dates, 4 bands + SCL): {time.perf_counter() - t0:.1f} s")
+    catalog = make_demo_catalog(
+        args.dir / ("catalog" if args.size == 1200 else f"catalog-{args.size}"), seed=0,
+        size=args.size)
+    print(f"demo catalog (2 × {args.size}² px, 12 dates, 4 bands + SCL): "
+          f"{time.perf_counter() - t0:.1f} s")
     out = args.dir / "out"
     spec = demo_spec(catalog, out).replace(
         aoi=_aoi(args.side), output={"zarr": out / "m.zarr", "overwrite": True},

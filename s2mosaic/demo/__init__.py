@@ -309,7 +309,7 @@ def make_demo_catalog(
     seed
         Seed of the landscape and the weather. The same seed gives byte-identical files.
     size
-        Tile width in 10 m pixels, a multiple of 6 (so the 60 m grid aligns) from 300 to 1200.
+        Tile width in 10 m pixels, a multiple of 6 (so the 60 m grid aligns) from 300 to 2400.
     overwrite
         Regenerate even when a complete demo catalog with these parameters exists, and replace
         ``catalog.json``, ``itemcollection.json`` and ``sentinel-2-l2a/`` in a directory that
@@ -339,9 +339,9 @@ def make_demo_catalog(
     """
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise SpecError("seed", seed, "a non-negative integer")
-    if not isinstance(size, int) or isinstance(size, bool) or size % 6 or not 300 <= size <= 1200:
+    if not isinstance(size, int) or isinstance(size, bool) or size % 6 or not 300 <= size <= 2400:
         raise SpecError(
-            "size", size, "a multiple of 6 from 300 to 1200 (10 m pixels per tile side)"
+            "size", size, "a multiple of 6 from 300 to 2400 (10 m pixels per tile side)"
         )
     root = Path(path)
     params = {"generator": "s2mosaic.demo", "format": _FORMAT, "seed": seed, "size": size}
