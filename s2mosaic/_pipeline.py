@@ -187,7 +187,7 @@ def software_versions() -> dict[str, str]:
 
 @functools.cache
 def _versions() -> dict[str, str]:
-    # once per process: the package metadata lookups cost ~20 ms, twice per run (template and
+    # once per process: the package metadata lookups cost 7-20 ms, twice per run (template and
     # tiles), and the imported libraries cannot change under a running process
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for name in _PACKAGES:

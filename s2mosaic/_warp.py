@@ -86,6 +86,10 @@ def read(src: RasterSource, cfg: RasterLoadParams, dst_geobox: GeoBox,
     a reused index map; None where this module does not take the read (odc-loader does)."""
     if not cfg.nearest:
         return None
+    if isinstance(src.geobox, GeoBox):  # the item's projection metadata: spare pastes an open
+        rr = compute_reproject_roi(src.geobox, dst_geobox, ttol=0.9)
+        if rr.paste_ok and rr.read_shrink == 1:
+            return None
     try:
         with rasterio.open(src.uri, "r", sharing=False) as rdr:
             return _read(rdr, src, cfg, dst_geobox)

@@ -159,6 +159,19 @@ def test_other_reads_are_left_to_odc_loader(sources: dict[str, str], tmp_path: P
         is not None
 
 
+def test_a_paste_known_from_the_items_metadata_is_not_opened(sources: dict[str, str],
+                                                            tmp_path: Path) -> None:
+    """odc-loader opens every read itself: where the item's projection metadata (the source's
+    geobox) already says the read is a paste, this module must not open the file first (over
+    HTTP that would be a second header request per read)."""
+    with rasterio.open(sources["band"]) as r:
+        grid = rio_geobox(r)
+    gone = RasterSource(str(tmp_path / "not-there.tif"), geobox=grid)
+    assert _warp.read(gone, _cfg("uint16", 0), grid[100:300, 50:250]) is None
+    with pytest.raises(rasterio.errors.RasterioIOError):  # a warp still opens it
+        _warp.read(gone, _cfg("uint16", 0), _boxes(sources["band"])[0])
+
+
 def test_a_failed_read_raises_or_is_left_to_odc_loader(tmp_path: Path,
                                                        sources: dict[str, str]) -> None:
     box = _boxes(sources["band"])[0]
