@@ -69,8 +69,9 @@ def path_rows(path: Path) -> int:
 
 
 def _spec(catalog: Path, out: Path, prune: str, **kw: Any) -> MosaicSpec:
-    """Chunks of 64 px; the runs' tiles hold 2 × 2 of them."""
-    rt = {"chunks": 64, "tile_size": 128, "scheduler": "synchronous", "prune_dates": prune}
+    """Chunks of 128 px; the runs' tiles hold 2 × 2 of them (the demo's 241 × 462 px grid:
+    2 × 4 chunks, 1 × 2 tiles)."""
+    rt = {"chunks": 128, "tile_size": 256, "scheduler": "synchronous", "prune_dates": prune}
     rt |= kw.pop("runtime", {})
     kw.setdefault("mask", {"method": "scl"})
     return demo_spec(catalog, out).replace(
@@ -98,7 +99,7 @@ def _band_reads(n: Counter[str]) -> dict[str, int]:
 
 def test_pruned_mosaic_is_byte_identical_for_every_method(cloudy_catalog: Path, tmp_path: Path,
                                                            reads: Counter[str]) -> None:
-    """Every composite method: the lazy mosaics (chunks of 64 px) of all six computed together,
+    """Every composite method: the lazy mosaics (chunks of 128 px) of all six computed together,
     synchronously, so each setting reads its chunks once."""
     from s2mosaic._pipeline import mosaic
 
