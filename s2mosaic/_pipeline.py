@@ -72,11 +72,11 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
     items = list(items) if not isinstance(items, SearchResult) else items
     gbox = geobox or output_geobox(spec, items)
     if (device or resolve_device(spec.runtime.device, current_client())) == "gpu":
-        cube = load_cube(items, spec, gbox, prune=scl_gate(spec) if prunes(spec) else None)
+        cube = load_cube(items, spec, gbox, prune=scl_gate(spec))
         result = fused_composite(spec, cube, aoi_mask(gbox, spec.aoi, spec.runtime.chunks),
                                  device="gpu", ctx=MaskContext(geobox=gbox))
     else:
-        cube, valid = masked_cube(spec, items, gbox, prune=prunes(spec))
+        cube, valid = masked_cube(spec, items, gbox, prune=True)
         c = spec.composite
         result = composite(cube[list(spec.bands)], valid, method=c.method, q=c.q,
                            min_observations=c.min_observations)
@@ -92,9 +92,10 @@ def masked_cube(spec: MosaicSpec, items: Sequence[pystac.Item], geobox: GeoBox, 
     observations inside the AOI (cloud mask of ``spec.mask`` and ``aoi_mask``).
 
     :func:`mosaic`, :func:`s2mosaic.series`, :func:`s2mosaic.observations` and the gap-fill
-    all start here, on the whole grid or on a run tile's context box. ``prune``: band chunks
-    skip the dates their SCL finds all cloudy (:mod:`s2mosaic._prune`; for composites only -
-    mosaics, series periods - where band values of invalid observations are never seen).
+    all start here, on the whole grid or on a run tile's context box. ``prune``: the caller
+    composites the cube (mosaics, series periods: band values of invalid observations are never
+    seen), so band chunks skip the dates their SCL finds all cloudy where ``spec`` reads
+    mask-first (:func:`scl_gate`).
     """
     cube = load_cube(items, spec, geobox, prune=scl_gate(spec) if prune else None)
     valid = (valid_mask(cube, spec.bands, spec.mask, MaskContext(geobox=geobox))
@@ -102,9 +103,12 @@ def masked_cube(spec: MosaicSpec, items: Sequence[pystac.Item], geobox: GeoBox, 
     return cube, valid
 
 
-def scl_gate(spec: MosaicSpec) -> SclInvalid:
-    """What makes an SCL pixel invalid under ``spec.mask`` (its classes, and nodata), as the
-    mask-first reads of :func:`s2mosaic._cube.load_cube` take it."""
+def scl_gate(spec: MosaicSpec) -> SclInvalid | None:
+    """What the mask-first reads of a composite of ``spec`` take (``prune`` of
+    :func:`s2mosaic._cube.load_cube`): what makes an SCL pixel invalid under ``spec.mask`` (its
+    classes, and nodata); None where ``spec`` reads every date (:func:`s2mosaic._prune.prunes`)."""
+    if not prunes(spec):
+        return None
     return functools.partial(scl_invalid, classes=tuple(spec.mask.scl_classes))
 
 

@@ -35,7 +35,6 @@ from odc.geo.geobox import GeoBox
 from ._grid import aoi_mask, output_geobox
 from ._items import item_datetime
 from ._pipeline import masked_cube, provenance
-from ._prune import prunes
 from ._raster import COUNT
 from ._search import SearchResult, search
 from ._select import apply_selection, select
@@ -205,9 +204,8 @@ def period_composites(spec: MosaicSpec, items: Sequence[pystac.Item],
 
     parts: list[xr.Dataset | None] = []
     dates: list[list[dt.datetime]] = []
-    prune = prunes(spec)  # composites only: band values of invalid observations are never seen
     if picks is None:
-        cube, valid = masked_cube(spec, items, gbox, prune=prune)
+        cube, valid = masked_cube(spec, items, gbox, prune=True)  # periods are composites
         when = cube_dates(cube)
         for p in periods:
             idx = [i for i, d in enumerate(when) if p.contains(d)]
@@ -219,7 +217,7 @@ def period_composites(spec: MosaicSpec, items: Sequence[pystac.Item],
                 parts.append(None)
                 dates.append([])
                 continue
-            cube, valid = masked_cube(spec, chosen, gbox, prune=prune)
+            cube, valid = masked_cube(spec, chosen, gbox, prune=True)
             parts.append(reduce(cube, valid))
             dates.append(cube_dates(cube))
     return _stack_periods(spec, periods, parts, gbox), dates

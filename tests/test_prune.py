@@ -180,9 +180,11 @@ def test_pruning_is_off_for_other_masks_and_when_asked(cloudy_catalog: Path, tmp
     spec = _spec(cloudy_catalog, tmp_path, "auto")
     assert prunes(spec)
     gate = scl_gate(spec)
+    assert isinstance(gate, functools.partial)
     assert gate.func is scl_invalid and gate.keywords == {"classes": tuple(spec.mask.scl_classes)}
     assert not prunes(spec.replace(runtime=dataclasses.replace(spec.runtime, prune_dates="off")))
     assert not prunes(spec.replace(mask={"method": "ocm+scl"}))
+    assert scl_gate(spec.replace(mask={"method": "ocm+scl"})) is None
     assert not prunes(spec.replace(runtime=dataclasses.replace(spec.runtime, loader="stackstac")))
     with pytest.raises(SpecError, match=r"prune_dates.*'auto', 'off'"):
         RuntimeSpec(prune_dates="on")
