@@ -43,6 +43,7 @@ from .composite._xr import assemble
 from .errors import ArgumentError
 from .masks import MASKERS, MaskContext, buffer_pixels
 from .masks._chunks import plan_chunks
+from .masks.scl import in_classes
 
 __all__ = ["ChunkMasker", "FusedChunk", "SclChunkMasker", "array_module", "fused_composite"]
 
@@ -77,7 +78,7 @@ class SclChunkMasker:
     halo: tuple[int, int] = (0, 0)
 
     def __call__(self, blocks: Sequence[Any], xp: ModuleType) -> Any:
-        return xp.isin(blocks[0], xp.asarray(self.classes, dtype=blocks[0].dtype))
+        return in_classes(blocks[0], self.classes)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from ._search import SearchResult, search
 from ._select import apply_selection
 from ._spec import MosaicSpec
 from ._write import PROVENANCE_ATTR, netcdf_attrs
-from .composite import PERCENTILE_DEFINITION, composite
+from .composite import PERCENTILE_DEFINITION
 from .errors import DISTRIBUTION
 from .masks import MaskContext, scl_invalid, valid_mask
 
@@ -51,7 +51,8 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
     device
         ``"cpu"`` or ``"gpu"``, already resolved (a run resolves it once); None: resolve
         ``spec.runtime.device`` against the current client (:func:`s2mosaic._device.resolve_device`).
-        On ``"gpu"`` masking and compositing run as one CuPy task per chunk (:mod:`s2mosaic._fused`).
+        Masking and compositing run as one task per chunk (:mod:`s2mosaic._fused`), NumPy on
+        ``"cpu"``, CuPy on ``"gpu"``.
 
     Returns
     -------
@@ -71,15 +72,12 @@ def mosaic(spec: MosaicSpec, items: Sequence[pystac.Item] | None = None, *,
         items = apply_selection(spec, search(spec))  # spec.select: all, or a minimal cover
     items = list(items) if not isinstance(items, SearchResult) else items
     gbox = geobox or output_geobox(spec, items)
-    if (device or resolve_device(spec.runtime.device, current_client())) == "gpu":
-        cube = load_cube(items, spec, gbox, prune=scl_gate(spec))
-        result = fused_composite(spec, cube, aoi_mask(gbox, spec.aoi, spec.runtime.chunks),
-                                 device="gpu", ctx=MaskContext(geobox=gbox))
-    else:
-        cube, valid = masked_cube(spec, items, gbox, prune=True)
-        c = spec.composite
-        result = composite(cube[list(spec.bands)], valid, method=c.method, q=c.q,
-                           min_observations=c.min_observations)
+    # One task per chunk masks and composites (NumPy or CuPy): byte-identical to masked_cube +
+    # composite, whose mask layers cost more than the composite itself on the CPU too.
+    cube = load_cube(items, spec, gbox, prune=scl_gate(spec))
+    result = fused_composite(spec, cube, aoi_mask(gbox, spec.aoi, spec.runtime.chunks),
+                             device=device or resolve_device(spec.runtime.device, current_client()),
+                             ctx=MaskContext(geobox=gbox))
     result.attrs[PROVENANCE_ATTR] = provenance(spec, items, gbox, cube.sizes["time"], started)
     result.attrs = netcdf_attrs(result.attrs)  # dicts as JSON strings: to_netcdf works
     return result

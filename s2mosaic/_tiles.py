@@ -103,11 +103,16 @@ def block_writes(arrays: Sequence[tuple[str, da.Array]], store: str, tile: Tile,
 def tile_arrays(ds: xr.Dataset | None, names: Sequence[str], empty: Callable[[], da.Array],
                 ) -> list[tuple[str, da.Array]]:
     """The arrays of ``names`` to write for a tile, optimised together (GPU annotations kept);
-    ``empty()`` zeros for each when the tile has nothing to compute (``ds`` None)."""
+    ``empty()`` zeros for each when the tile has nothing to compute (``ds`` None).
+
+    Without low-level task fusion: ``dask.optimize`` fuses each collection on its own, so the one
+    task that makes a chunk of every variable (the composite's ``(bands + 1, y, x)`` block) would
+    be fused into each variable's ``getitem`` and run once per variable (five times for four
+    bands and the count). Blockwise layers (masks, offsets) are still fused."""
     if ds is None:
         return [(n, empty()) for n in names]
     arrays = [ds[n].data for n in names]
-    with keep_annotations(ds):
+    with keep_annotations(ds), dask.config.set({"optimization.fuse.active": False}):
         arrays = list(dask.optimize(*arrays))
     return list(zip(names, arrays, strict=True))
 

@@ -191,17 +191,28 @@ def test_fused_graph_has_one_task_per_chunk(demo: Any, cube: xr.Dataset) -> None
 
 
 def test_pipeline_device_cpu_and_gpu_build(demo: Any) -> None:
-    """``mosaic(..., device=)``: cpu is the layered path; gpu builds the fused GPU-annotated
-    tasks (not computed here: no CuPy)."""
+    """``mosaic(..., device=)``: both build one fused task per chunk; only gpu's are
+    GPU-annotated (not computed here: no CuPy). The CPU one is byte-identical to the layered
+    path (masked_cube + composite), whose layers cost more than the kernel itself."""
     spec, items, gbox = demo
     cpu = _pipeline.mosaic(spec, items, geobox=gbox, device="cpu")
     gpu = _pipeline.mosaic(spec, items, geobox=gbox, device="gpu")
-    layers = gpu["red"].data.__dask_graph__().layers
-    fused = [layer for name, layer in layers.items() if str(name).startswith("s2mosaic-fused")]
-    assert len(fused) == 1 and fused[0].annotations == {"resources": {"GPU": 1}}
-    assert not any(str(n).startswith("s2mosaic-fused") for n in cpu["red"].data.__dask_graph__().layers)
+    for ds, device, want in ((cpu, "cpu", {}), (gpu, "gpu", {"resources": {"GPU": 1}})):
+        layers = ds["red"].data.__dask_graph__().layers
+        fused = [layer for name, layer in layers.items() if str(name).startswith("s2mosaic-fused")]
+        assert len(fused) == 1 and (fused[0].annotations or {}) == want, device
+        assert any(str(n).startswith(f"s2mosaic-fused-percentile-{device}") for n in layers)
     assert list(cpu.data_vars) == list(gpu.data_vars)
     assert cpu.attrs.keys() == gpu.attrs.keys()  # provenance differs only in its start time
+    cube, valid = _pipeline.masked_cube(spec, items, gbox, prune=True)
+    c = spec.composite
+    layered = composite(cube[list(spec.bands)], valid, method=c.method, q=c.q,
+                        min_observations=c.min_observations)
+    with dask.config.set(scheduler="sync"):
+        layered, fused_cpu = dask.compute(layered, cpu)
+    assert list(fused_cpu.data_vars) == list(layered.data_vars)
+    for name in layered.data_vars:  # (mosaic adds its provenance to the attrs)
+        assert fused_cpu[name].values.tobytes() == layered[name].values.tobytes(), name
 
 
 # -- device resolution --------------------------------------------------------------------------
@@ -341,7 +352,8 @@ def test_api_device_argument(demo: Any) -> None:
         s2mosaic.mosaic(items, ["red"], geobox=gbox, device="tpu")
     out = s2mosaic.mosaic(items, ["red"], geobox=gbox, device="cpu")
     layers = out["red"].data.__dask_graph__().layers
-    assert not any(str(n).startswith("s2mosaic-fused") for n in layers)
+    fused = [layer for name, layer in layers.items() if str(name).startswith("s2mosaic-fused")]
+    assert len(fused) == 1 and not fused[0].annotations  # NumPy, on any worker
 
 
 def test_cli_device_option(demo: Any, tmp_path: Path) -> None:
@@ -373,3 +385,35 @@ def test_fused_cupy_is_byte_identical(cupy_gpu: Any, demo: Any, cube: xr.Dataset
 def test_device_gpu_resolves_on_gpu_workers(cupy_gpu: Any, gpu_cluster: Any) -> None:
     assert resolve_device("gpu", gpu_cluster) == "gpu"
     assert resolve_device("auto", gpu_cluster) == "gpu"
+
+
+def test_a_tile_graph_composites_each_chunk_once(demo: Any, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tile's writes (one per variable and chunk) share one fused task per chunk: dask's
+    optimisation of each variable on its own once fused that task into every variable's
+    ``getitem``, running the mask and composite five times per chunk (four bands + count)."""
+    from s2mosaic import _fused as fused_mod
+    from s2mosaic._tiles import tile_arrays
+
+    spec, items, gbox = demo
+    ds = _pipeline.mosaic(spec, items, geobox=gbox, device="cpu")
+    names = [*spec.bands, "count"]
+    arrays = tile_arrays(ds, names, lambda: None)  # type: ignore[arg-type,return-value]
+    merged: dict[Any, Any] = {}
+    for _, arr in arrays:
+        merged.update(dict(arr.__dask_graph__()))
+    fused_keys = {k for k in merged if str(k[0] if isinstance(k, tuple) else k)
+                  .startswith("s2mosaic-fused")}
+    chunks = int(np.prod(ds["red"].data.numblocks))
+    assert len(fused_keys) == chunks
+    calls = []
+    real = fused_mod.FusedChunk.__call__
+
+    def counted(self: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(kw.get("block_info", {}).get(0, {}).get("chunk-location"))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(fused_mod.FusedChunk, "__call__", counted)
+    with dask.config.set(scheduler="sync"):
+        dask.compute(*[a for _, a in arrays])
+    assert len(calls) == chunks
