@@ -41,7 +41,7 @@ from ._items import (
     scl_asset_key,
     solar_day,
 )
-from ._prune import SclInvalid, clear_per_chunk, gate_reads
+from ._prune import SclInvalid, clear_per_chunk, gate_reads, open_in_reads
 from ._readers import AssetRioDriver, stackstac_reader
 from ._sclread import plan_native_scl
 from ._spec import MosaicSpec, RuntimeSpec
@@ -254,7 +254,7 @@ def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | Non
                            for key, t in types.items()}}
     def load(subset: Sequence[pystac.Item], gbox: GeoBox, bands: list[str], px: int,
              ) -> xr.Dataset:
-        return odc.stac.load(
+        ds = odc.stac.load(
             list(subset),
             bands=bands,
             geobox=gbox,
@@ -268,6 +268,9 @@ def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | Non
             # graph: the tokens would be baked in and expire).
             driver=AssetRioDriver(spec.source.sign, spec.runtime.warp_reuse == "auto"),
         )
+        for name in ds.data_vars:  # each read task opens its own sources (_prune)
+            ds[name] = ds[name].copy(data=open_in_reads(ds[name].data))
+        return ds
 
     # odc-loader captures configure_rio's options *updated by this thread's rasterio env*, which
     # an earlier read in this thread (synchronous scheduler) leaves holding its run's values.

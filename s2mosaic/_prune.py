@@ -14,6 +14,11 @@ provenance are unchanged, and SCL is read once (the mask uses the same chunk). A
 asset is never opened: an asset that cannot be read, of a slice with no clear pixel in a chunk,
 fails nothing there (its pixels could not count).
 
+Every odc-stac load of the cube also opens its sources inside its read tasks
+(:func:`open_in_reads`): odc-loader gives each (item, band) a task of its own that only builds
+a reader object, ~130 tasks for a one-chunk tile of 24 items, each a scheduler round trip, whose
+results then pull the read tasks towards the worker that ran most of them.
+
 Only for cloud masks that read SCL alone (the other maskers need the band pixels), composites -
 mosaics and the periods of a series (not the cube that :func:`s2mosaic.load` and
 ``observations`` hand to users, where band values of cloudy dates stay visible, nor gap-fill) -
@@ -37,7 +42,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ._spec import MosaicSpec
 
-__all__ = ["SclInvalid", "clear_per_chunk", "gate_reads", "prunes"]
+__all__ = ["SclInvalid", "clear_per_chunk", "gate_reads", "open_in_reads", "prunes"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,56 @@ def _clear_block(scl: np.ndarray, aoi: np.ndarray | None = None, *, invalid: Scl
     return np.asarray(ok.any(axis=(1, 2)))[:, None, None]
 
 
+def open_in_reads(arr: da.Array) -> da.Array:
+    """``arr`` (one variable of an ``odc.stac.load``) whose read task of each chunk opens its
+    sources itself (:func:`_read_chunk`) instead of taking each from a task of its own (one per
+    item and band, shared by the chunks: it only builds odc-loader's reader object). ``arr``
+    itself where its graph is not odc-loader's per-chunk read tasks over such open tasks."""
+    from odc.loader._builder import _dask_loader_tyx, _dask_open_reader
+
+    graph = arr.__dask_graph__()
+    layer = graph.layers.get(arr.name) if isinstance(graph, HighLevelGraph) else None
+    if layer is None or not all(isinstance(t, Task) and t.func is _dask_loader_tyx
+                                for t in layer.values()):
+        return arr
+    assert isinstance(graph, HighLevelGraph)
+    sources: dict[Any, Any] = {}  # open task key -> its RasterSource
+    opened: set[str] = set()
+    for dep in graph.dependencies[arr.name]:
+        for key, value in graph.layers[dep].items():
+            if isinstance(value, tuple) and value and value[0] is _dask_open_reader:
+                sources[key] = value[1]
+                opened.add(dep)
+    tasks: dict[Any, Any] = {}
+    for key, task in layer.items():
+        refs = task.args[0]
+        if not all(isinstance(r, TaskRef) and r.key in sources for inner in refs for r in inner):
+            return arr
+        srcs = [[sources[r.key] for r in inner] for inner in refs]
+        tasks[key] = Task(key, _read_chunk, srcs, *task.args[1:], _data_producer=True,
+                          **task.kwargs)
+    if any(opened & set(d) for k, d in graph.dependencies.items() if k != arr.name):
+        return arr  # another layer takes the open tasks too: leave them
+    layers: dict[str, Any] = {k: v for k, v in graph.layers.items() if k not in opened}
+    deps = {k: set(v) - opened for k, v in graph.dependencies.items() if k not in opened}
+    layers[arr.name] = tasks
+    return da.Array(HighLevelGraph(layers, deps), arr.name, arr.chunks, meta=arr._meta)
+
+
+def _read_chunk(srcs: Sequence[Sequence[Any]], gbt: Any, iyx: Any, prefix_dims: Any,
+                postfix_dims: Any, cfg: Any, rdr: Any, env: Any, load_state: Any,
+                selection: Any = None, *, clear: np.ndarray | None = None) -> np.ndarray:
+    """odc-loader's read of one chunk (``_dask_loader_tyx``) from its ``RasterSource`` s, opened
+    here; with ``clear`` (:func:`clear_per_chunk`'s block) the time slices it marks only."""
+    from odc.loader._builder import _dask_loader_tyx, _dask_open_reader
+
+    keep = [True] * len(srcs) if clear is None else clear.reshape(-1).tolist()
+    readers = [[_dask_open_reader(s, rdr, env, load_state) for s in layer] if k else []
+               for layer, k in zip(srcs, keep, strict=True)]
+    return _dask_loader_tyx(readers, gbt, iyx, prefix_dims, postfix_dims, cfg, rdr, env,
+                            load_state, selection)
+
+
 def gate_reads(band: da.Array, clear: da.Array) -> da.Array:
     """``band`` (an odc-stac load, one chunk along time) whose read task of each chunk first
     takes that chunk's block of ``clear`` (:func:`clear_per_chunk`) and reads only the slices
@@ -93,7 +148,8 @@ def gate_reads(band: da.Array, clear: da.Array) -> da.Array:
     layer = graph.layers.get(band.name) if isinstance(graph, HighLevelGraph) else None
     known = (isinstance(graph, HighLevelGraph) and layer is not None
              and len(band.chunks[0]) == 1 and clear.numblocks[1:] == band.numblocks[1:]
-             and all(isinstance(t, Task) and t.func is _dask_loader_tyx for t in layer.values()))
+             and all(isinstance(t, Task) and t.func in (_dask_loader_tyx, _read_chunk)
+                     for t in layer.values()))
     if not known:
         _unknown_graph()
         return band
@@ -103,8 +159,11 @@ def gate_reads(band: da.Array, clear: da.Array) -> da.Array:
     for key, task in layer.items():
         idx = cast(tuple[Any, ...], key)[1:]  # (name, time block, y block, x block)
         new = (name, *idx)
-        tasks[new] = Task(new, _gated_load, TaskRef((clear.name, *idx)), *task.args,
-                          _data_producer=True, **task.kwargs)
+        gate = TaskRef((clear.name, *idx))
+        tasks[new] = (Task(new, _read_chunk, *task.args, _data_producer=True, clear=gate,
+                           **task.kwargs) if task.func is _read_chunk else
+                      Task(new, _gated_load, gate, *task.args, _data_producer=True,
+                           **task.kwargs))
     layers: dict[str, Any] = {k: v for k, v in graph.layers.items() if k != band.name}
     deps = {k: set(v) for k, v in graph.dependencies.items() if k != band.name}
     clear_graph = clear.__dask_graph__()

@@ -295,3 +295,30 @@ def test_reads_of_an_unknown_graph_are_left_alone(caplog: pytest.LogCaptureFixtu
     with caplog.at_level("WARNING", logger="s2mosaic._prune"):
         assert gate_reads(band, clear) is band
     assert "mask-first reads are off" in caplog.text
+
+
+def test_read_tasks_open_their_own_sources(demo_catalog: Path) -> None:
+    """odc-loader's one task per (item, band) that only builds a reader is gone: each read task
+    opens its sources (shared by several chunks here), and reads the same bytes."""
+    import odc.stac
+
+    from s2mosaic._prune import _read_chunk, open_in_reads
+    from s2mosaic._search import search
+
+    spec = demo_spec(demo_catalog, demo_catalog.parent / "unused")
+    items = list(search(spec))
+    raw = odc.stac.load(items, bands=["B04", "SCL"], crs="EPSG:32632", resolution=20,
+                        chunks={"time": -1, "x": 100, "y": 100}, groupby="solar_day")
+    for name in ("B04", "SCL"):
+        before = raw[name].data
+        after = open_in_reads(before)
+        layers = after.__dask_graph__().layers
+        assert any(str(k).startswith("open-") for k in before.__dask_graph__().layers)
+        assert not any(str(k).startswith("open-") for k in layers), name
+        assert all(t.func is _read_chunk for t in layers[after.name].values())
+        assert after.numblocks[1] * after.numblocks[2] > 1  # sources shared by chunks
+        with dask.config.set(scheduler="sync"):
+            a, b = dask.compute(before, after)
+        assert a.tobytes() == b.tobytes(), name
+    other = da.ones((3, 64, 64), dtype="uint16", chunks=(3, 32, 32))
+    assert open_in_reads(other) is other
