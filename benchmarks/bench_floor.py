@@ -71,9 +71,10 @@ def _aoi(side_px: int) -> dict[str, Any]:
     back = Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True)
     x, y = (60 * round(v / 60) for v in t.transform(12.0, 47.5))
     half = side_px * 10 / 2
-    # 5 m inside the square: the outward snap of the grid must not add a pixel row (an edge
-    # straight in lon/lat sags ~1.2 m in UTM between these corners; 1 m once gave 1025 rows)
-    i = 5
+    # 9 m inside the square (under a pixel): the outward snap of the grid must not add a pixel
+    # row. An edge straight in lon/lat sags in UTM between these corners: ~1.2 m at 1024 px
+    # (1 m once gave 1025 rows), ~5 m at 2048 px (5 m gave 2049 rows)
+    i = 9
     ring = [back.transform(x + dx, y + dy) for dx, dy in
             ((-half + i, -half + i), (half - i, -half + i), (half - i, half - i),
              (-half + i, half - i), (-half + i, -half + i))]
