@@ -61,7 +61,10 @@ PROVENANCE_ATTR = "s2mosaic_provenance"
 #: ``wkt``/``url``. GDAL before 3.9 ignores CF ``grid_mapping``.
 GDAL_CRS_ATTR = "_CRS"
 # Blosc+zstd: fast, multithreaded and readable by every Zarr v2 implementation (Python, JS, Java).
-_ZARR_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
+# Level 3 (zstd's own default): on a 1024² chunk of real L2A reflectance (29RKH B04/B08) level 5
+# encoded in 19 ms to 0.60 of the raw size, level 3 in 7 ms to 0.61; the chunk writes were a
+# tenth of a run's worker time at level 5.
+_ZARR_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
 
 
 @dataclass(frozen=True)
