@@ -19,9 +19,6 @@ processes × 1 thread), per round:
 - **s2mosaic, GDAL warps**: the same with every cross-zone read warped by GDAL
   (``runtime.warp_reuse: off``; the default gathers through an index map per source grid and
   chunk, :mod:`s2mosaic._warp`);
-- **s2mosaic, SCL warped**: the same with the native SCL read switched off (the path before
-  issue 18), for the native SCL gain;
-- **SCL alone** (after the rounds): the SCL of the one-zone items only, native against warped;
 - **baseline**: what users write by hand - ``odc.stac.load`` (same items, grid, chunks,
   groupby solar day) → ``where(SCL in {4, 5, 6, 7, 11} & band != 0)`` → ``quantile(0.25,
   skipna)`` → ``to_zarr``.
@@ -145,51 +142,25 @@ def baseline_run(items: list[Any], gbox: Any, chunks: int, out: Path) -> float:
 # -- s2mosaic ---------------------------------------------------------------------------------
 
 
-#: The s2mosaic rows: (SCL at its native 20 m, runtime.prune_dates, runtime.warp_reuse).
+#: The s2mosaic rows: (runtime.prune_dates, runtime.warp_reuse).
 VARIANTS = {
-    "s2mosaic": (True, "auto", "auto"),
-    "s2mosaic-all-dates": (True, "off", "auto"),
-    "s2mosaic-gdal-warps": (True, "auto", "off"),
-    "s2mosaic-warped-scl": (False, "auto", "auto"),
+    "s2mosaic": ("auto", "auto"),
+    "s2mosaic-all-dates": ("off", "auto"),
+    "s2mosaic-gdal-warps": ("auto", "off"),
 }
 
 
-def s2mosaic_run(spec: Any, items: list[Any], client: Any, *, native: bool,
-                 prune: str = "auto", warp_reuse: str = "auto") -> float:
+def s2mosaic_run(spec: Any, items: list[Any], client: Any, *, prune: str = "auto",
+                 warp_reuse: str = "auto") -> float:
     import dataclasses
 
     import s2mosaic
-    import s2mosaic._cube as cube_mod
 
     spec = spec.replace(runtime=dataclasses.replace(spec.runtime, prune_dates=prune,
                                                     warp_reuse=warp_reuse))
     shutil.rmtree(spec.output.zarr, ignore_errors=True)
-    plan = cube_mod.plan_native_scl
-    if not native:
-        cube_mod.plan_native_scl = lambda *a, **k: None  # type: ignore[assignment]
-    try:
-        t0 = time.perf_counter()
-        s2mosaic.run(spec, items=items, client=client)
-        return time.perf_counter() - t0
-    finally:
-        cube_mod.plan_native_scl = plan
-
-
-def scl_only(spec: Any, items: list[Any], gbox: Any, *, native: bool) -> float:
-    """Compute the cube's SCL (nothing else) on the cluster that is the default scheduler."""
-    import dask
-
-    import s2mosaic._cube as cube_mod
-
-    plan = cube_mod.plan_native_scl
-    if not native:
-        cube_mod.plan_native_scl = lambda *a, **k: None  # type: ignore[assignment]
-    try:
-        scl = cube_mod.load_cube(items, spec, gbox).scl.data
-    finally:
-        cube_mod.plan_native_scl = plan
     t0 = time.perf_counter()
-    dask.compute(scl.sum())
+    s2mosaic.run(spec, items=items, client=client)
     return time.perf_counter() - t0
 
 
@@ -227,8 +198,6 @@ def _kind(prefix: str) -> str:
         return "floor reads"
     if prefix == SCL:
         return "SCL reads"
-    if prefix.startswith("scl-native"):
-        return "SCL replicate"
     # prune: mask-first band reads; apply_offset: a band read fused with its BOA offset
     if prefix.startswith(("open-", "cfg-", "prune", "apply_offset")):
         return "band reads"
@@ -354,7 +323,7 @@ def main() -> None:
         cores = 2
         # warm-up: Numba's first compile on both workers, GDAL, the page cache
         floor_run(client, needed, gdal)
-        s2mosaic_run(spec, items, client, native=True)
+        s2mosaic_run(spec, items, client)
         if peer:  # its Numba kernel compiles (and caches) on the first run
             peer_run(peer, catalog, bounds, out / "peer.tif")
         else:
@@ -376,25 +345,15 @@ def main() -> None:
                           f"{m['process']:.2f} s)", flush=True)
                     continue
                 else:
-                    native, prune, reuse = VARIANTS[name]
-                    m = measured(client, s2mosaic_run, spec, items, client, native=native,
-                                 prune=prune, warp_reuse=reuse)
+                    prune, reuse = VARIANTS[name]
+                    m = measured(client, s2mosaic_run, spec, items, client, prune=prune,
+                                 warp_reuse=reuse)
                 runs[name].append(m)
                 print(f"round {r + 1} {name:<20} {m['wall']:6.2f} s  peak/worker "
                       f"{m['peak'] / 2**20:5.0f} MiB  busy "
                       + ", ".join(f"{k} {v:.1f}" for k, v in sorted(m["busy"].items()))
                       + f", in GDAL warps {m['warp']:.1f} s", flush=True)
 
-        # SCL alone, one zone (every item aligned): the native read against the warp, side by
-        # side on the same workers.
-        one_zone = [i for i in items if i.properties.get("s2:mgrs_tile") == "32TQT"]
-        scl_s: dict[bool, list[float]] = {True: [], False: []}
-        for _ in range(max(3, args.rounds)):
-            for native in (True, False):
-                scl_s[native].append(scl_only(spec, one_zone, gbox, native=native))
-        print(f"SCL only, {len(one_zone)} items of one zone: native "
-              f"{_range(scl_s[True])} s, warped {_range(scl_s[False])} s, warped / native "
-              f"{_range([w / n for w, n in zip(scl_s[False], scl_s[True], strict=True)])} ×")
 
     def walls(name: str) -> list[float]:
         return [m["wall"] for m in runs[name]]
@@ -417,16 +376,10 @@ def main() -> None:
         print(f"S2Mosaic 2.0 / s2mosaic: {_range(sp)} ×; peak memory, s2mosaic's workers "
               f"together / S2Mosaic 2.0's process: {_range(mem)}")
     ratio = [b / s for b, s in zip(walls("baseline"), walls("s2mosaic"), strict=True)]
-    gain = [w / s for w, s in zip(walls("s2mosaic-warped-scl"), walls("s2mosaic"), strict=True)]
     every = [w / s for w, s in zip(walls("s2mosaic-all-dates"), walls("s2mosaic"), strict=True)]
     warps = [w / s for w, s in zip(walls("s2mosaic-gdal-warps"), walls("s2mosaic"), strict=True)]
-    print(f"baseline / s2mosaic: {_range(ratio)} ×; SCL warped / native: {_range(gain)} ×; "
-          f"all dates / mask-first: {_range(every)} ×; GDAL warp per read / index maps: "
+    print(f"baseline / s2mosaic: {_range(ratio)} ×; all dates / mask-first: {_range(every)} ×; GDAL warp per read / index maps: "
           f"{_range(warps)} ×")
-    scl = [w["busy"].get("SCL reads", 0) / (n["busy"].get("SCL reads", 0)
-                                            + n["busy"].get("SCL replicate", 0))
-           for w, n in zip(runs["s2mosaic-warped-scl"], runs["s2mosaic"], strict=True)]
-    print(f"SCL task time, warped / native (reads + replicate): {_range(scl)} ×")
     for name in (*VARIANTS, "baseline"):
         for m in runs[name]:
             total = m["wall"] * cores

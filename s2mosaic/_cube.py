@@ -43,7 +43,6 @@ from ._items import (
 )
 from ._prune import SclInvalid, clear_per_chunk, gate_reads, open_in_reads
 from ._readers import AssetRioDriver, stackstac_reader
-from ._sclread import plan_native_scl
 from ._spec import MosaicSpec, RuntimeSpec
 from .errors import CubeError, DataError, MissingDependencyError
 
@@ -252,13 +251,19 @@ def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | Non
     # without raster:bands.
     stac_cfg = {"assets": {key: {"data_type": t.dtype, "nodata": t.nodata}
                            for key, t in types.items()}}
-    def load(subset: Sequence[pystac.Item], gbox: GeoBox, bands: list[str], px: int,
-             ) -> xr.Dataset:
+    # odc-loader captures configure_rio's options *updated by this thread's rasterio env*, which
+    # an earlier read in this thread (synchronous scheduler) leaves holding its run's values.
+    with warnings.catch_warnings(), rasterio.Env(**gdal):
+        # odc-loader warps the 20 m SCL through in-memory arrays; rasterio warns they lack a
+        # geotransform although odc passes one explicitly.
+        warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+        # SCL with the bands, in one load: a 20 m SCL on a 10 m grid is decoded at 20 m and
+        # gathered through the worker's index map of its grid (_warp), no GDAL warp per read
         ds = odc.stac.load(
-            list(subset),
-            bands=bands,
-            geobox=gbox,
-            chunks={"time": -1, "y": px, "x": px},
+            list(items),
+            bands=[*keys.values(), *([scl] if scl else [])],
+            geobox=geobox,
+            chunks={"time": -1, "y": chunk, "x": chunk},
             groupby=lambda item, _parsed, _idx: index[item.id],
             resampling={"*": spec.grid.resampling, **({scl: "nearest"} if scl else {})},
             fail_on_error=True,
@@ -268,21 +273,8 @@ def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | Non
             # graph: the tokens would be baked in and expire).
             driver=AssetRioDriver(spec.source.sign, spec.runtime.warp_reuse == "auto"),
         )
-        for name in ds.data_vars:  # each read task opens its own sources (_prune)
-            ds[name] = ds[name].copy(data=open_in_reads(ds[name].data))
-        return ds
-
-    # odc-loader captures configure_rio's options *updated by this thread's rasterio env*, which
-    # an earlier read in this thread (synchronous scheduler) leaves holding its run's values.
-    with warnings.catch_warnings(), rasterio.Env(**gdal):
-        # odc-loader warps the 20 m SCL through in-memory arrays; rasterio warns they lack a
-        # geotransform although odc passes one explicitly.
-        warnings.filterwarnings("ignore", message="Dataset has no geotransform")
-        # SCL at its native 20 m where the grid allows (no warp; see _sclread).
-        native = plan_native_scl(items, scl, item_keys, geobox, chunk, stac_cfg) if scl else None
-        ds = load(items, geobox, [*keys.values(), *([scl] if scl and not native else [])], chunk)
-        if scl and native:
-            ds[scl] = native.load(geobox, chunk, lambda sub, g, px: load(sub, g, [scl], px)[scl])
+    for name in ds.data_vars:  # each read task opens its own sources (_prune)
+        ds[name] = ds[name].copy(data=open_in_reads(ds[name].data))
     rename = {key: name for name, key in keys.items()}
     if scl:
         rename[scl] = SCL_VAR
