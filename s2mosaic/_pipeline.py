@@ -89,11 +89,12 @@ def masked_cube(spec: MosaicSpec, items: Sequence[pystac.Item], geobox: GeoBox, 
     (:func:`s2mosaic._cube.load_cube`) and its boolean ``(time, y, x)`` mask of clear
     observations inside the AOI (cloud mask of ``spec.mask`` and ``aoi_mask``).
 
-    :func:`mosaic`, :func:`s2mosaic.series`, :func:`s2mosaic.observations` and the gap-fill
-    all start here, on the whole grid or on a run tile's context box. ``prune``: the caller
-    composites the cube (mosaics, series periods: band values of invalid observations are never
-    seen), so band chunks skip the dates their SCL finds all cloudy where ``spec`` reads
-    mask-first (:func:`scl_gate`).
+    :func:`s2mosaic.series`, :func:`s2mosaic.observations` and the gap-fill start here, on the
+    whole grid or on a run tile's context box; :func:`mosaic` loads the same cube and computes
+    the same mask inside its fused per-chunk task (:mod:`s2mosaic._fused`, byte-identical).
+    ``prune``: the caller composites the cube (series periods: band values of invalid
+    observations are never seen), so band chunks skip the dates their SCL finds all cloudy
+    where ``spec`` reads mask-first (:func:`scl_gate`).
     """
     cube = load_cube(items, spec, geobox, prune=scl_gate(spec) if prune else None)
     valid = (valid_mask(cube, spec.bands, spec.mask, MaskContext(geobox=geobox))

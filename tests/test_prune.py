@@ -322,3 +322,17 @@ def test_read_tasks_open_their_own_sources(demo_catalog: Path) -> None:
         assert a.tobytes() == b.tobytes(), name
     other = da.ones((3, 64, 64), dtype="uint16", chunks=(3, 32, 32))
     assert open_in_reads(other) is other
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+@pytest.mark.parametrize("classes", [(), (9,), (0, 3, 8, 9, 10), (3, 300), (-1, 4)])
+def test_in_classes_is_numpys_isin(dtype: str, classes: tuple[int, ...]) -> None:
+    """The SCL class test (one comparison per class) answers what ``np.isin`` does, whatever
+    the dtype, classes outside its range and NaN included."""
+    from s2mosaic.masks.scl import in_classes
+
+    values = np.arange(-2, 260).astype(dtype).reshape(2, 131) if dtype != "uint8" else \
+        np.arange(256, dtype=dtype).reshape(2, 128)
+    if dtype == "float32":
+        values[0, :5] = np.nan
+    np.testing.assert_array_equal(in_classes(values, classes), np.isin(values, classes))
