@@ -354,7 +354,6 @@ def main() -> None:
                       + ", ".join(f"{k} {v:.1f}" for k, v in sorted(m["busy"].items()))
                       + f", in GDAL warps {m['warp']:.1f} s", flush=True)
 
-
     def walls(name: str) -> list[float]:
         return [m["wall"] for m in runs[name]]
 
@@ -378,8 +377,8 @@ def main() -> None:
     ratio = [b / s for b, s in zip(walls("baseline"), walls("s2mosaic"), strict=True)]
     every = [w / s for w, s in zip(walls("s2mosaic-all-dates"), walls("s2mosaic"), strict=True)]
     warps = [w / s for w, s in zip(walls("s2mosaic-gdal-warps"), walls("s2mosaic"), strict=True)]
-    print(f"baseline / s2mosaic: {_range(ratio)} ×; all dates / mask-first: {_range(every)} ×; GDAL warp per read / index maps: "
-          f"{_range(warps)} ×")
+    print(f"baseline / s2mosaic: {_range(ratio)} ×; all dates / mask-first: {_range(every)} ×; "
+          f"GDAL warp per read / index maps: {_range(warps)} ×")
     for name in (*VARIANTS, "baseline"):
         for m in runs[name]:
             total = m["wall"] * cores

@@ -141,15 +141,13 @@ def gate_reads(band: da.Array, clear: da.Array) -> da.Array:
     """``band`` (an odc-stac load, one chunk along time) whose read task of each chunk first
     takes that chunk's block of ``clear`` (:func:`clear_per_chunk`) and reads only the slices
     marked there; the others are left nodata. ``band`` itself where its graph is not odc-loader's
-    per-chunk read tasks."""
-    from odc.loader._builder import _dask_loader_tyx
-
+    per-chunk read tasks (as :func:`open_in_reads` makes them, which it applies first)."""
+    band = open_in_reads(band)  # the same array where already done
     graph = band.__dask_graph__()
     layer = graph.layers.get(band.name) if isinstance(graph, HighLevelGraph) else None
     known = (isinstance(graph, HighLevelGraph) and layer is not None
              and len(band.chunks[0]) == 1 and clear.numblocks[1:] == band.numblocks[1:]
-             and all(isinstance(t, Task) and t.func in (_dask_loader_tyx, _read_chunk)
-                     for t in layer.values()))
+             and all(isinstance(t, Task) and t.func is _read_chunk for t in layer.values()))
     if not known:
         _unknown_graph()
         return band
@@ -159,11 +157,8 @@ def gate_reads(band: da.Array, clear: da.Array) -> da.Array:
     for key, task in layer.items():
         idx = cast(tuple[Any, ...], key)[1:]  # (name, time block, y block, x block)
         new = (name, *idx)
-        gate = TaskRef((clear.name, *idx))
-        tasks[new] = (Task(new, _read_chunk, *task.args, _data_producer=True, clear=gate,
-                           **task.kwargs) if task.func is _read_chunk else
-                      Task(new, _gated_load, gate, *task.args, _data_producer=True,
-                           **task.kwargs))
+        tasks[new] = Task(new, _read_chunk, *task.args, _data_producer=True,
+                          clear=TaskRef((clear.name, *idx)), **task.kwargs)
     layers: dict[str, Any] = {k: v for k, v in graph.layers.items() if k != band.name}
     deps = {k: set(v) for k, v in graph.dependencies.items() if k != band.name}
     clear_graph = clear.__dask_graph__()
@@ -179,12 +174,3 @@ def gate_reads(band: da.Array, clear: da.Array) -> da.Array:
 def _unknown_graph() -> None:
     log.warning("mask-first reads are off: odc-loader's read tasks are not the ones s2mosaic "
                 "knows (another odc-loader version?); every date is read")
-
-
-def _gated_load(clear: np.ndarray, srcs: Sequence[Sequence[Any]], *args: Any,
-                **kwargs: Any) -> np.ndarray:
-    from odc.loader._builder import _dask_loader_tyx
-
-    keep = clear.reshape(-1).tolist()
-    return _dask_loader_tyx([s if k else [] for s, k in zip(srcs, keep, strict=True)],
-                            *args, **kwargs)

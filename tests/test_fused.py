@@ -387,7 +387,7 @@ def test_device_gpu_resolves_on_gpu_workers(cupy_gpu: Any, gpu_cluster: Any) -> 
     assert resolve_device("auto", gpu_cluster) == "gpu"
 
 
-def test_a_tile_graph_composites_each_chunk_once(demo: Any, tmp_path: Path,
+def test_a_tile_graph_composites_each_chunk_once(demo: Any,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A tile's writes (one per variable and chunk) share one fused task per chunk: dask's
     optimisation of each variable on its own once fused that task into every variable's
