@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,7 @@ __all__ = [
     "gpu_resources",
     "job_script",
     "keep_annotations",
+    "without_task_fusion",
     "load_profile",
     "local_cluster_size",
     "make_client",
@@ -489,5 +491,35 @@ def keep_annotations(obj: Any) -> contextlib.AbstractContextManager[Any]:
     graph = obj.__dask_graph__() if hasattr(obj, "__dask_graph__") else None
     layers = getattr(graph, "layers", {}) if graph is not None else {}
     if any("resources" in (getattr(layer, "annotations", None) or {}) for layer in layers.values()):
-        return dask.config.set({"optimization.fuse.active": False})
+        return without_task_fusion()
     return contextlib.nullcontext()
+
+
+_FUSION_LOCK = threading.Lock()
+_FUSION_OFF = 0  # how many threads are inside without_task_fusion()
+_FUSION_SAVED: list[Any] = []  # the setting to put back when the last one leaves
+
+
+@contextlib.contextmanager
+def without_task_fusion() -> Iterator[None]:
+    """dask's low-level task fusion off (``optimization.fuse.active: False``) while inside,
+    safely across threads.
+
+    ``dask.config.set`` is process-global and each exit restores what *it* saw on entry, so two
+    threads entering and leaving out of order (concurrent jobs of :func:`s2mosaic.run_batch`)
+    leave fusion off for good. Here the first thread in saves the user's setting and the last one
+    out restores it.
+    """
+    global _FUSION_OFF
+    with _FUSION_LOCK:
+        if _FUSION_OFF == 0:
+            _FUSION_SAVED[:] = [dask.config.get("optimization.fuse.active", None)]
+            dask.config.set({"optimization.fuse.active": False})
+        _FUSION_OFF += 1
+    try:
+        yield
+    finally:
+        with _FUSION_LOCK:
+            _FUSION_OFF -= 1
+            if _FUSION_OFF == 0:
+                dask.config.set({"optimization.fuse.active": _FUSION_SAVED.pop()})

@@ -30,7 +30,7 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from . import _write
-from ._cluster import keep_annotations
+from ._cluster import without_task_fusion
 from ._grid import Footprints, Tile
 
 __all__ = ["MAX_RETRY_WAIT_S", "Pending", "TileGraph", "TileGrid", "TileLoop", "block_writes",
@@ -112,7 +112,7 @@ def tile_arrays(ds: xr.Dataset | None, names: Sequence[str], empty: Callable[[],
     if ds is None:
         return [(n, empty()) for n in names]
     arrays = [ds[n].data for n in names]
-    with keep_annotations(ds), dask.config.set({"optimization.fuse.active": False}):
+    with without_task_fusion():  # also keeps GPU annotations (keep_annotations)
         arrays = list(dask.optimize(*arrays))
     return list(zip(names, arrays, strict=True))
 

@@ -39,6 +39,7 @@ from s2mosaic._cluster import (
     keep_annotations,
     load_profile,
     make_client,
+    without_task_fusion,
 )
 from s2mosaic._spec import MosaicSpec, RuntimeSpec
 from s2mosaic.cli import app
@@ -353,6 +354,37 @@ def test_gpu_tasks_run_only_on_gpu_workers(cpu_and_gpu_workers: Any) -> None:
     # Plain graphs are left alone.
     with keep_annotations(xr.Dataset({"v": (("y", "x"), a)})):
         assert dask.config.get("optimization.fuse.active", None) is not False
+
+
+def test_task_fusion_is_restored_when_threads_leave_out_of_order() -> None:
+    """Concurrent jobs (run_batch threads) turn fusion off and leave in any order; the user's
+    setting comes back once the last one is out (with bare dask.config.set it stayed off)."""
+    import threading
+
+    entered, leave_first = threading.Barrier(2), threading.Event()
+    seen: list[Any] = []
+
+    def job(first: bool) -> None:
+        with without_task_fusion():
+            entered.wait(timeout=30)
+            if not first:
+                leave_first.wait(timeout=30)  # the other thread leaves first
+            seen.append(dask.config.get("optimization.fuse.active"))
+        if first:
+            leave_first.set()
+
+    with dask.config.set({"optimization.fuse.active": True}):
+        for order in ((True, False), (False, True)):
+            threads = [threading.Thread(target=job, args=(f,)) for f in order]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            assert dask.config.get("optimization.fuse.active") is True
+        assert seen == [False] * 4
+        with without_task_fusion(), without_task_fusion():  # nested in one thread
+            assert dask.config.get("optimization.fuse.active") is False
+        assert dask.config.get("optimization.fuse.active") is True
 
 
 def test_gpu_fallback_warns_once_and_computes(dask_client: Any,
