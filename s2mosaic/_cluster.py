@@ -68,13 +68,13 @@ __all__ = [
     "gpu_resources",
     "job_script",
     "keep_annotations",
-    "without_task_fusion",
     "load_profile",
     "local_cluster_size",
     "make_client",
     "make_cluster",
     "quiet_rasterio",
     "quiet_workers",
+    "without_task_fusion",
 ]
 
 _ADDRESS = re.compile(r"^[A-Za-z][\w+.-]*://\S+$|^[\w.-]+:\d+$")
