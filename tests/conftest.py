@@ -26,6 +26,23 @@ def shared_s2() -> Path | None:
     return None
 
 
+#: Test processes pytest-xdist starts for ``-n auto`` (pyproject's addopts): one per core, at
+#: most this many - each test may start a LocalCluster of its own.
+MAX_TEST_PROCESSES = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return max(1, min(MAX_TEST_PROCESSES, len(os.sched_getaffinity(0))))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The SLURM tests share one single-node cluster: one test process runs them all, in turn
+    # (``--dist loadgroup``); the others share out the rest.
+    for item in items:
+        if item.get_closest_marker("slurm") is not None or "slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
 @pytest.fixture(scope="session")
 def s2_data() -> Path:
     path = shared_s2()
