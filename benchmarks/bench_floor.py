@@ -19,6 +19,9 @@ processes × 1 thread), per round:
 - **s2mosaic, GDAL warps**: the same with every cross-zone read warped by GDAL
   (``runtime.warp_reuse: off``; the default gathers through an index map per source grid and
   chunk, :mod:`s2mosaic._warp`);
+- **s2mosaic, reopen**: the same with each read opening its file (``runtime.keep_open: off``;
+  the default keeps files open per worker thread so chunk-edge blocks decode once,
+  :mod:`s2mosaic._datasets`);
 - **baseline**: what users write by hand - ``odc.stac.load`` (same items, grid, chunks,
   groupby solar day) → ``where(SCL in {4, 5, 6, 7, 11} & band != 0)`` → ``quantile(0.25,
   skipna)`` → ``to_zarr``.
@@ -107,7 +110,7 @@ def _read_blocks(href: str, blocks: list[tuple[int, int]], gdal: dict[str, Any])
     import rasterio
 
     n = 0
-    with rasterio.Env(**gdal, GDAL_CACHEMAX=0), rasterio.open(href) as src:
+    with rasterio.Env(**{**gdal, "GDAL_CACHEMAX": 0}), rasterio.open(href) as src:
         for r, c in blocks:
             n += src.read(1, window=src.block_window(1, r, c)).size
     return n
@@ -143,21 +146,23 @@ def baseline_run(items: list[Any], gbox: Any, chunks: int, out: Path) -> float:
 
 
 #: The s2mosaic rows: (runtime.prune_dates, runtime.warp_reuse).
-VARIANTS = {
-    "s2mosaic": ("auto", "auto"),
-    "s2mosaic-all-dates": ("off", "auto"),
-    "s2mosaic-gdal-warps": ("auto", "off"),
+VARIANTS = {  # runtime.prune_dates, warp_reuse, keep_open
+    "s2mosaic": ("auto", "auto", "auto"),
+    "s2mosaic-all-dates": ("off", "auto", "auto"),
+    "s2mosaic-gdal-warps": ("auto", "off", "auto"),
+    "s2mosaic-reopen": ("auto", "auto", "off"),
 }
 
 
 def s2mosaic_run(spec: Any, items: list[Any], client: Any, *, prune: str = "auto",
-                 warp_reuse: str = "auto") -> float:
+                 warp_reuse: str = "auto", keep_open: str = "auto") -> float:
     import dataclasses
 
     import s2mosaic
 
     spec = spec.replace(runtime=dataclasses.replace(spec.runtime, prune_dates=prune,
-                                                    warp_reuse=warp_reuse))
+                                                    warp_reuse=warp_reuse,
+                                                    keep_open=keep_open))
     shutil.rmtree(spec.output.zarr, ignore_errors=True)
     t0 = time.perf_counter()
     s2mosaic.run(spec, items=items, client=client)
@@ -345,9 +350,9 @@ def main() -> None:
                           f"{m['process']:.2f} s)", flush=True)
                     continue
                 else:
-                    prune, reuse = VARIANTS[name]
+                    prune, reuse, keep = VARIANTS[name]
                     m = measured(client, s2mosaic_run, spec, items, client, prune=prune,
-                                 warp_reuse=reuse)
+                                 warp_reuse=reuse, keep_open=keep)
                 runs[name].append(m)
                 print(f"round {r + 1} {name:<20} {m['wall']:6.2f} s  peak/worker "
                       f"{m['peak'] / 2**20:5.0f} MiB  busy "
@@ -377,8 +382,10 @@ def main() -> None:
     ratio = [b / s for b, s in zip(walls("baseline"), walls("s2mosaic"), strict=True)]
     every = [w / s for w, s in zip(walls("s2mosaic-all-dates"), walls("s2mosaic"), strict=True)]
     warps = [w / s for w, s in zip(walls("s2mosaic-gdal-warps"), walls("s2mosaic"), strict=True)]
+    reopen = [w / s for w, s in zip(walls("s2mosaic-reopen"), walls("s2mosaic"), strict=True)]
     print(f"baseline / s2mosaic: {_range(ratio)} ×; all dates / mask-first: {_range(every)} ×; "
-          f"GDAL warp per read / index maps: {_range(warps)} ×")
+          f"GDAL warp per read / index maps: {_range(warps)} ×; open per read / kept open: "
+          f"{_range(reopen)} ×")
     for name in (*VARIANTS, "baseline"):
         for m in runs[name]:
             total = m["wall"] * cores

@@ -29,6 +29,7 @@ import pystac
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
+from ._datasets import close_datasets
 from ._grid import aoi_mask
 from ._items import (
     BandType,
@@ -78,6 +79,10 @@ GDAL_SETTINGS: dict[str, Any] = {
     "GDAL_HTTP_MULTIPLEX": "YES",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.jp2",
     "VSI_CACHE": "TRUE",
+    # GDAL's block cache, per process (unset: 5 % of the machine's memory per worker): what
+    # runtime.keep_open's kept files reuse across chunks (s2mosaic._datasets). In bytes: rasterio
+    # hands an int to GDALSetCacheMax64
+    "GDAL_CACHEMAX": 64 * 2**20,
 }
 
 
@@ -98,11 +103,13 @@ def gdal_settings(runtime: RuntimeSpec) -> dict[str, Any]:
 def clear_read_cache() -> None:
     """Forget what GDAL knows of remote files in this process (``VSICurlClearCache``).
 
-    GDAL remembers a file it failed to open - an HTTP 503 that outlasted its retries, a server
+    Every thread of the process also closes the files it keeps open (:mod:`s2mosaic._datasets`)
+    before its next read. GDAL remembers a file it failed to open - an HTTP 503 that outlasted its retries, a server
     that was down - as missing for the life of the process, so a retried tile would fail again at
     once without a request. The tile loop calls this before each tile retry (on every worker).
     A no-op where GDAL's C API is out of reach.
     """
+    close_datasets()  # files kept open (runtime.keep_open): opened afresh by the retry
     clear = _vsicurl_clear_cache()
     if clear is not None:
         clear()
@@ -271,7 +278,8 @@ def _load_odc(items: Sequence[pystac.Item], keys: dict[str, str], scl: str | Non
             # Every failed read names its URL (SceneReadError); with source.sign each read task
             # signs its own href (not patch_url, which odc-stac applies while building the
             # graph: the tokens would be baked in and expire).
-            driver=AssetRioDriver(spec.source.sign, spec.runtime.warp_reuse == "auto"),
+            driver=AssetRioDriver(spec.source.sign, spec.runtime.warp_reuse == "auto",
+                                  spec.runtime.keep_open == "auto"),
         )
     for name in ds.data_vars:  # each read task opens its own sources (_prune)
         ds[name] = ds[name].copy(data=open_in_reads(ds[name].data))

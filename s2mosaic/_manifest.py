@@ -49,7 +49,7 @@ FORMAT = 1
 #: Runtime fields that do not change the pixels written (so they may differ on resume).
 _SCHEDULING = ("scheduler", "cluster", "n_workers", "threads_per_worker", "max_tiles_in_flight",
                "retries", "read_timeout_s", "connect_timeout_s", "read_retries", "read_backoff_s",
-               "on_read_error", "device", "prune_dates", "warp_reuse")
+               "on_read_error", "device", "prune_dates", "warp_reuse", "keep_open")
 
 
 def block_digest(name: str, origin: Sequence[int], block: np.ndarray) -> str:

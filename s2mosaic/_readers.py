@@ -29,11 +29,16 @@ import re
 from typing import Any
 
 import numpy as np
+import rasterio
+from odc.geo.converters import rio_geobox
 from odc.geo.geobox import GeoBox
+from odc.geo.overlap import compute_reproject_roi
 from odc.loader import RioDriver, RioReader
+from odc.loader._reader import pick_overview, resolve_band_query
+from odc.loader._rio import _do_read, rio_env
 from odc.loader.types import RasterLoadParams, RasterSource, ReaderSubsetSelection
 
-from . import _warp
+from . import _datasets, _warp
 from ._sign import redact, sign_href
 from .errors import SceneReadError
 
@@ -74,13 +79,16 @@ def read_error(e: BaseException, href: str, signed: str) -> SceneReadError:
 class AssetRioReader(RioReader):
     """odc-loader's rasterio reader whose failures name ``src.uri``; with a signer it signs
     ``src.uri`` (unsigned in the graph) at each read. With ``reuse_warps`` a nearest-neighbour
-    read across grids gathers through the worker's index map (:mod:`s2mosaic._warp`)."""
+    read across grids gathers through the worker's index map (:mod:`s2mosaic._warp`); with
+    ``keep_open`` reads use the files the worker thread keeps open (:mod:`s2mosaic._datasets`).
+    """
 
     def __init__(self, src: RasterSource, ctx: Any, sign: str, reuse_warps: bool = False,
-                 ) -> None:
+                 keep_open: bool = False) -> None:
         super().__init__(src, ctx)
         self.sign = sign
         self.reuse_warps = reuse_warps
+        self.keep_open = keep_open
 
     def read(self, cfg: RasterLoadParams, dst_geobox: GeoBox, *, dst: np.ndarray | None = None,
              selection: ReaderSubsetSelection | None = None,
@@ -94,7 +102,11 @@ class AssetRioReader(RioReader):
                 signed = sign_href(self.sign, href)
                 src = dataclasses.replace(src, uri=signed)
             if self.reuse_warps and dst is None and selection is None:
-                done = _warp.read(src, cfg, dst_geobox)
+                done = _warp.read(src, cfg, dst_geobox, keep_open=self.keep_open)
+                if done is not None:
+                    return done
+            if self.keep_open:
+                done = _read_kept(src, cfg, dst_geobox, dst, selection)
                 if done is not None:
                     return done
             return RioReader(src, self._ctx).read(cfg, dst_geobox, dst=dst, selection=selection)
@@ -107,17 +119,42 @@ class AssetRioDriver(RioDriver):
     """odc-loader's rasterio driver with :class:`AssetRioReader` readers.
 
     It enters the graph holding only the signer's name (``none``: no signing) and whether
-    warped reads reuse index maps (``runtime.warp_reuse``); metadata parsing is left to
-    odc-stac (``md_parser`` None: ``odc.stac.load`` builds its own from ``stac_cfg``).
+    warped reads reuse index maps (``runtime.warp_reuse``) and whether reads use the files
+    each worker thread keeps open (``runtime.keep_open``); metadata parsing is left to odc-stac
+    (``md_parser`` None: ``odc.stac.load`` builds its own from ``stac_cfg``).
     """
 
-    def __init__(self, sign: str = "none", reuse_warps: bool = False) -> None:
+    def __init__(self, sign: str = "none", reuse_warps: bool = False, keep_open: bool = False,
+                 ) -> None:
         super().__init__()
         self.sign = sign
         self.reuse_warps = reuse_warps
+        self.keep_open = keep_open
 
     def open(self, src: RasterSource, ctx: Any) -> AssetRioReader:
-        return AssetRioReader(src, ctx, self.sign, self.reuse_warps)
+        return AssetRioReader(src, ctx, self.sign, self.reuse_warps, self.keep_open)
+
+
+def _read_kept(src: RasterSource, cfg: RasterLoadParams, dst_geobox: GeoBox,
+               dst: np.ndarray | None, selection: ReaderSubsetSelection | None,
+               ) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """odc-loader's ``rio_read`` (its ``_rio_read`` and ``_do_read``) from the file this thread
+    keeps open (:func:`s2mosaic._datasets.kept`); None where odc-loader reads it instead (an
+    overview read, a multi-band source, a caller that asks to be told failures as empty reads).
+    """
+    if not cfg.fail_on_error or (dst is not None and dst.ndim != 2) or src.ydim != 0:
+        return None
+    ttol = 0.9 if cfg.nearest else 0.05  # odc-loader's: nearest ignores sub-pixel shifts
+    with _datasets.kept(src.uri) as rdr:
+        bidx = resolve_band_query(src, rdr.count, selection=selection)
+        if not isinstance(bidx, int):
+            return None
+        rr = compute_reproject_roi(rio_geobox(rdr), dst_geobox, ttol=ttol)
+        if cfg.use_overviews and rr.read_shrink > 1 and \
+                pick_overview(rr.read_shrink, rdr.overviews(bidx)) is not None:
+            return None
+        with rio_env(VSI_CACHE=False):
+            return _do_read(rasterio.band(rdr, bidx), cfg, dst_geobox, rr, dst=dst)
 
 
 def stackstac_reader(sign: str) -> Any:

@@ -104,6 +104,9 @@ PRUNE_DATES: tuple[str, ...] = ("auto", "off")
 #: ``runtime.warp_reuse``: nearest-neighbour reads across grids gather through an index map
 #: GDAL warps once per source grid and chunk (:mod:`s2mosaic._warp`).
 WARP_REUSE: tuple[str, ...] = ("auto", "off")
+#: ``runtime.keep_open``: worker threads keep the files they read open, so a COG block shared by
+#: two chunks is decoded once (:mod:`s2mosaic._datasets`).
+KEEP_OPEN: tuple[str, ...] = ("auto", "off")
 MASK_METHODS: tuple[str, ...] = ("scl", "ocm", "ocm+scl", "s2cloudless", "csmask", "csmask+scl",
                                   "none")
 #: ukis-csmask models: number of input bands, and processing levels (``None``: from the items).
@@ -712,6 +715,11 @@ class RuntimeSpec(Section):
     resampling (:mod:`s2mosaic._warp`): ``auto``: GDAL works out once per source grid and chunk
     which source pixel each output pixel takes, and every date and band of that grid gathers
     from it; ``off``: GDAL warps every read. The output is the same byte for byte either way."""
+    keep_open: str = "auto"
+    """Open files kept per worker thread (:mod:`s2mosaic._datasets`): ``auto``: each thread
+    keeps the last 128 files it read open, so the COG blocks two chunks share are decoded once
+    (GDAL's block cache, capped at 64 MB per worker process); ``off``: every read opens its file
+    and closes it after (odc-loader's way). The output is the same byte for byte either way."""
 
     def __post_init__(self) -> None:
         self._set("chunks", number("chunks", self.chunks, low=16, integer=True))
@@ -726,6 +734,7 @@ class RuntimeSpec(Section):
         self._set("device", choice("device", self.device, DEVICES))
         self._set("prune_dates", choice("prune_dates", self.prune_dates, PRUNE_DATES))
         self._set("warp_reuse", choice("warp_reuse", self.warp_reuse, WARP_REUSE))
+        self._set("keep_open", choice("keep_open", self.keep_open, KEEP_OPEN))
         if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler):
             raise fail("scheduler", self.scheduler,
                         "expected null, 'synchronous', 'threads' or a scheduler address "

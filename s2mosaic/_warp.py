@@ -51,6 +51,8 @@ from odc.loader.types import RasterLoadParams, RasterSource
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.windows import Window
 
+from ._datasets import kept
+
 __all__ = ["IndexMap", "index_map", "read"]
 
 #: Source pixels added around odc-geo's source window on every side: GDAL's warp may take a
@@ -80,10 +82,11 @@ class IndexMap:
         return int(self.window.height * self.window.width)
 
 
-def read(src: RasterSource, cfg: RasterLoadParams, dst_geobox: GeoBox,
-         ) -> tuple[Any, np.ndarray] | None:
+def read(src: RasterSource, cfg: RasterLoadParams, dst_geobox: GeoBox, *,
+         keep_open: bool = False) -> tuple[Any, np.ndarray] | None:
     """odc-loader's ``rio_read(src, cfg, dst_geobox)`` for a warped nearest-neighbour read, from
-    a reused index map; None where this module does not take the read (odc-loader does)."""
+    a reused index map; None where this module does not take the read (odc-loader does). With
+    ``keep_open`` from the file this thread keeps open (:mod:`s2mosaic._datasets`)."""
     if not cfg.nearest:
         return None
     if isinstance(src.geobox, GeoBox):  # the item's projection metadata: spare pastes an open
@@ -91,7 +94,8 @@ def read(src: RasterSource, cfg: RasterLoadParams, dst_geobox: GeoBox,
         if rr.paste_ok and rr.read_shrink == 1:
             return None
     try:
-        with rasterio.open(src.uri, "r", sharing=False) as rdr:
+        opened = kept(src.uri) if keep_open else rasterio.open(src.uri, "r", sharing=False)
+        with opened as rdr:
             return _read(rdr, src, cfg, dst_geobox)
     except (rasterio.errors.RasterioError, rasterio.errors.RasterioIOError,
             rasterio.errors.RasterBlockError, rasterio.errors.WindowEvaluationError):
