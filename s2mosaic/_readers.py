@@ -12,7 +12,8 @@ while it builds the graph, so the signed URLs (and their tokens) would be baked 
 and expire on a long job. Its per-read hook is the reader driver (``odc.stac.load(driver=...)``):
 :class:`AssetRioDriver` is odc-loader's rasterio driver whose readers sign the unsigned href the
 graph holds at the start of every ``read`` (odc-loader opens the file per read, so the signed URL
-lives exactly one read).
+lives exactly one read; with ``runtime.keep_open`` a worker thread keeps the file open under the
+signed URL it was opened with, and a new token - a new URL - opens it anew, :mod:`s2mosaic._datasets`).
 
 stackstac has no ``patch_url`` either; its hook is ``stackstac.stack(reader=...)``.
 :func:`stackstac_reader` gives a reader that likewise names the URL of a failed read and, when
