@@ -12,7 +12,8 @@ thread-safe: a thread reads only what it opened). Local files are keyed by path,
 modification time (a file rewritten between runs is opened afresh); URLs by the URL - a signed
 URL carries its token, so a re-signed read opens anew. A dataset whose read failed is closed,
 not kept. :func:`close_datasets` (the tile loop's reset before a tile is retried, beside
-``VSICurlClearCache``) has every thread close what it keeps before its next read.
+``VSICurlClearCache``) has every thread close what it keeps before its next read; so does the
+end of a run in the process that ran it (a notebook's synchronous run leaves no file open).
 
 GDAL's block cache is process-wide and, unset, 5 % of the machine's memory per process; the
 run's GDAL options cap it (``GDAL_CACHEMAX``, :data:`s2mosaic._cube.GDAL_SETTINGS`).

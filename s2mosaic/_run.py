@@ -50,6 +50,7 @@ from odc.geo.xr import xr_zeros
 from . import _raster, _write
 from ._cluster import client_source, make_client, quiet_rasterio, quiet_workers
 from ._cube import clear_read_cache, observation_count
+from ._datasets import close_datasets
 from ._device import resolve_device
 from ._drops import SceneDrops, dropped_scenes
 from ._grid import Tile, output_geobox, tiles
@@ -211,6 +212,7 @@ def execute(spec: MosaicSpec, product: Product, *, items: Sequence[pystac.Item] 
             report = runner.execute(items, client)
         finally:  # also on failure and Ctrl-C: the store is free for the next run
             runner.out.lock.release()
+            close_datasets()  # files this process's reads kept open (runtime.keep_open)
     except BaseException as e:
         notifier.failed(spec.name, e)
         raise

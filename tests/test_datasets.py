@@ -127,6 +127,22 @@ def test_runs_with_and_without_kept_files_are_byte_identical(demo_catalog: Path,
     assert_identical_outputs(specs[0].output, specs[1].output)
 
 
+def test_a_run_in_this_process_leaves_no_file_open(demo_catalog: Path, tmp_path: Path) -> None:
+    spec = demo_spec(demo_catalog, tmp_path).replace(
+        output={"zarr": tmp_path / "m.zarr"}, runtime={"chunks": 256, "scheduler": "synchronous"})
+    opened: list[Any] = []
+    real = _datasets.kept
+
+    def spy(uri: str) -> Any:
+        opened.append(uri)
+        return real(uri)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_datasets, "kept", spy)
+        s2mosaic.run(spec)
+    assert opened and not _datasets._kept.open  # read through kept files, closed at the end
+
+
 def test_spec_setting() -> None:
     from tests.test_spec import make_spec
 
