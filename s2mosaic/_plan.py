@@ -6,7 +6,8 @@
 * **bytes to read**: the run reads, tile by tile, per chunk of the tile's context box (the tile
   plus the margin its masks need), per scene and per asset, the COG tiles (blocks) under the
   chunk's footprint, plus the file header on every open — odc-stac opens each asset once per
-  chunk. The plan walks the same tiles, chunks and scenes with odc-geo's
+  chunk; with ``runtime.keep_open: auto`` (the default) each file once, each block once. The
+  plan walks the same tiles, chunks and scenes with odc-geo's
   ``compute_reproject_roi`` (what odc-loader uses to decide the window) and adds the block sizes
   from the COG headers when the files can be opened (local files, or remote ones when
   ``remote=True``), from the asset's size (``file:size`` or the file system) spread evenly over
@@ -500,7 +501,7 @@ def _bytes_to_read(spec: MosaicSpec, items: Sequence[pystac.Item], gbox: GeoBox,
                 inner = iy * c < ys.stop and (iy + 1) * c > ys.start and \
                     ix * c < xs.stop and (ix + 1) * c > xs.start
                 reads.chunk({k: v for k, v in lays.items() if inner or k in mask_keys},
-                            chunks[iy, ix])
+                            chunks[iy, ix], item.id)
     density = dens_bytes / dens_px if dens_px else BYTES_PER_PIXEL["uint16"]
     return {"bytes": int(reads.total), "opens": reads.opens, "assets": sum(sources.values()),
             "sources": sources, "density": density}
@@ -508,22 +509,30 @@ def _bytes_to_read(spec: MosaicSpec, items: Sequence[pystac.Item], gbox: GeoBox,
 
 class _Reads:
     """The bytes and file opens of the chunk reads of a run, summed (windows cached by source
-    grid and chunk: neighbouring tiles and scenes on one grid share them)."""
+    grid and chunk: neighbouring tiles and scenes on one grid share them).
+
+    With ``runtime.keep_open: auto`` a file is opened once and each of its 32 KiB pieces read
+    once (:mod:`s2mosaic._datasets`: GDAL's block cache serves the chunks that share a block) -
+    exact for one reading thread; with several, a block on a chunk edge may be read by each, so
+    this is the low end. ``off``: an open and a window read per chunk, as odc-loader does."""
 
     def __init__(self, spec: MosaicSpec, ref: pystac.Item) -> None:
         self.scl = scl_asset_key(ref) if spec.mask.uses_scl else None
         self.nearest = spec.grid.resampling == "nearest"
+        self.keep_open = spec.runtime.keep_open == "auto"
         self.total = 0.0
         self.opens = 0
         self._rois: dict[tuple[Any, ...], Any] = {}
+        self._seen: dict[tuple[str, str], set[Any]] = {}  # per file: what was read already
 
-    def chunk(self, lays: Mapping[str, _Layout], dst: GeoBoxBase) -> None:
+    def chunk(self, lays: Mapping[str, _Layout], dst: GeoBoxBase, item_id: str = "") -> None:
         """One output chunk ``dst`` of one scene: an open and a window read per asset."""
         from odc.loader._rio import pick_overview
 
         where = (tuple(dst.shape.yx), tuple(dst.boundingbox))
         for k, lay in lays.items():
-            self.opens += 1
+            seen = self._seen.setdefault((item_id, k), set()) if self.keep_open else None
+            self.opens += seen is None or "open" not in seen
             nearest = k == self.scl or self.nearest
             key = (tuple(lay.geobox.shape.yx), tuple(lay.geobox.affine)[:6], str(lay.geobox.crs),
                    nearest, where)
@@ -538,12 +547,14 @@ class _Reads:
                     level = ovr + 1
                     ovr_gbox = lay.geobox.zoom_out(lay.overviews[ovr])
                     roi = compute_reproject_roi(ovr_gbox, dst, ttol=0.05).roi_src
-            self.total += _read_bytes(lay, level, roi)
+            self.total += _read_bytes(lay, level, roi, seen)
 
 
-def _read_bytes(lay: _Layout, level: int, roi: tuple[slice, slice]) -> float:
+def _read_bytes(lay: _Layout, level: int, roi: tuple[slice, slice],
+                seen: set[Any] | None = None) -> float:
     """Bytes one open-and-read of window ``roi`` (at ``level``) costs: the header's and the
-    tiles' 32 KiB chunks, plus GDAL's probe."""
+    tiles' 32 KiB chunks, plus GDAL's probe. With ``seen`` (what earlier reads of the file, kept
+    open, read: updated here) only what they did not."""
     lv = min(level, len(lay.blocks) - 1)
     sizes = lay.blocks[lv]
     ys, xs = roi
@@ -552,19 +563,31 @@ def _read_bytes(lay: _Layout, level: int, roi: tuple[slice, slice]) -> float:
     x0, x1 = max(0, xs.start) // bw, min(sizes.shape[1], math.ceil(xs.stop / bw))
     empty = ys.stop <= ys.start or xs.stop <= xs.start or y1 <= y0 or x1 <= x0
     header = set(range(math.ceil(lay.header / READ_CHUNK)))
+    opened = seen is not None and "open" in seen
+    if seen is not None:
+        seen.add("open")
+    opening = 0 if opened else OPEN_BYTES + len(header) * READ_CHUNK
     if lay.offsets is None:
         # Tiles of one row are contiguous in a COG: each row run costs its bytes plus, on
         # average, one chunk of overhang at its ends.
-        runs = 0.0 if empty else float(sizes[y0:y1, x0:x1].sum()) + (y1 - y0) * READ_CHUNK
-        return OPEN_BYTES + len(header) * READ_CHUNK + runs
-    chunks = set(header)
+        new = [] if empty else [(lv, i, j) for i in range(y0, y1) for j in range(x0, x1)
+                                if seen is None or (lv, i, j) not in seen]
+        if seen is not None:
+            seen.update(new)
+        rows = len({i for _, i, _ in new})
+        return opening + float(sum(sizes[i, j] for _, i, j in new)) + rows * READ_CHUNK
+    chunks: set[int] = set()
     if not empty:
         offs = lay.offsets[lv][y0:y1, x0:x1].ravel()
         ends = offs + sizes[y0:y1, x0:x1].ravel()
         for o, e in zip(offs.tolist(), ends.tolist(), strict=True):
             if e > o:
                 chunks.update(range(o // READ_CHUNK, (e - 1) // READ_CHUNK + 1))
-    return OPEN_BYTES + len(chunks) * READ_CHUNK
+    if seen is None:
+        return opening + len(chunks - header) * READ_CHUNK
+    new_chunks = {("chunk", c) for c in chunks - header} - seen
+    seen.update(new_chunks)
+    return opening + len(new_chunks) * READ_CHUNK
 
 
 def _output_bytes(spec: MosaicSpec, gbox: GeoBox, density: float) -> dict[str, int]:

@@ -66,10 +66,13 @@ def test_plan_estimates_match_a_real_run(spec: MosaicSpec, tmp_path: Path) -> No
     # plan that forgot the margin was 15-24 % low here, so this case is held to 10 %.
     margins = spec.replace(select=cover, mask=dataclasses.replace(spec.mask, dilation=2),
                            runtime=dataclasses.replace(spec.runtime, chunks=64, tile_size=128))
+    # Files opened per chunk read (runtime.keep_open: off) read the blocks chunks share again.
+    reopen = spec.replace(runtime=dataclasses.replace(spec.runtime, keep_open="off"))
     plans = {}
     for name, s, tolerance in (("all", spec, TOLERANCE),
                                ("min-cover", spec.replace(select=cover), TOLERANCE),
-                               ("margins", margins, 0.10)):
+                               ("margins", margins, 0.10),
+                               ("reopen", reopen, TOLERANCE)):
         s = s.replace(output=dataclasses.replace(s.output, zarr=out / f"{name}.zarr",
                                                  cog=out / f"{name}.tif", rgb=out / f"{name}.png"))
         p = plans[name] = plan(s)
@@ -80,6 +83,7 @@ def test_plan_estimates_match_a_real_run(spec: MosaicSpec, tmp_path: Path) -> No
             real = _disk(getattr(s.output, fmt))
             assert abs(p.output_bytes[fmt] - real) <= TOLERANCE * real, (name, fmt, p.output_bytes,
                                                                         real)
+    assert plans["reopen"].bytes_to_read > 1.2 * plans["all"].bytes_to_read
     # The selection reads a fraction of what all scenes need; staging everything reads it all.
     p_all, p_sel = plan(spec), plans["min-cover"]
     assert p_sel.scenes["selected"] == 4 and p_all.scenes["selected"] == 24
