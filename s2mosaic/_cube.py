@@ -106,8 +106,8 @@ def clear_read_cache() -> None:
     Every thread of the process also closes the files it keeps open (:mod:`s2mosaic._datasets`)
     before its next read. GDAL remembers a file it failed to open - an HTTP 503 that outlasted
     its retries, a server that was down - as missing for the life of the process, so a retried
-    tile would fail again at once without a request. The tile loop calls this before each tile retry (on every worker).
-    A no-op where GDAL's C API is out of reach.
+    tile would fail again at once without a request. The tile loop calls this before each tile
+    retry (on every worker). A no-op where GDAL's C API is out of reach.
     """
     close_datasets()  # files kept open (runtime.keep_open): opened afresh by the retry
     clear = _vsicurl_clear_cache()

@@ -525,14 +525,16 @@ class _Reads:
         self._rois: dict[tuple[Any, ...], Any] = {}
         self._seen: dict[tuple[str, str], set[Any]] = {}  # per file: what was read already
 
-    def chunk(self, lays: Mapping[str, _Layout], dst: GeoBoxBase, item_id: str = "") -> None:
-        """One output chunk ``dst`` of one scene: an open and a window read per asset."""
+    def chunk(self, lays: Mapping[str, _Layout], dst: GeoBoxBase, item_id: str) -> None:
+        """One output chunk ``dst`` of scene ``item_id``: an open and a window read per asset
+        (with files kept open, only the first open and what earlier reads did not read)."""
         from odc.loader._rio import pick_overview
 
         where = (tuple(dst.shape.yx), tuple(dst.boundingbox))
         for k, lay in lays.items():
-            seen = self._seen.setdefault((item_id, k), set()) if self.keep_open else None
-            self.opens += seen is None or "open" not in seen
+            # what earlier reads of this file read: a file opened per read starts afresh
+            seen = self._seen.setdefault((item_id, k), set()) if self.keep_open else set()
+            self.opens += "open" not in seen
             nearest = k == self.scl or self.nearest
             key = (tuple(lay.geobox.shape.yx), tuple(lay.geobox.affine)[:6], str(lay.geobox.crs),
                    nearest, where)
@@ -550,11 +552,10 @@ class _Reads:
             self.total += _read_bytes(lay, level, roi, seen)
 
 
-def _read_bytes(lay: _Layout, level: int, roi: tuple[slice, slice],
-                seen: set[Any] | None = None) -> float:
-    """Bytes one open-and-read of window ``roi`` (at ``level``) costs: the header's and the
-    tiles' 32 KiB chunks, plus GDAL's probe. With ``seen`` (what earlier reads of the file, kept
-    open, read: updated here) only what they did not."""
+def _read_bytes(lay: _Layout, level: int, roi: tuple[slice, slice], seen: set[Any]) -> float:
+    """Bytes one read of window ``roi`` (at ``level``) costs beyond what ``seen`` holds (what
+    earlier reads of the file, kept open, read; updated here; empty for a file opened for this
+    read): the open (GDAL's probe and the header's 32 KiB chunks) and the tiles' chunks."""
     lv = min(level, len(lay.blocks) - 1)
     sizes = lay.blocks[lv]
     ys, xs = roi
@@ -563,17 +564,14 @@ def _read_bytes(lay: _Layout, level: int, roi: tuple[slice, slice],
     x0, x1 = max(0, xs.start) // bw, min(sizes.shape[1], math.ceil(xs.stop / bw))
     empty = ys.stop <= ys.start or xs.stop <= xs.start or y1 <= y0 or x1 <= x0
     header = set(range(math.ceil(lay.header / READ_CHUNK)))
-    opened = seen is not None and "open" in seen
-    if seen is not None:
-        seen.add("open")
-    opening = 0 if opened else OPEN_BYTES + len(header) * READ_CHUNK
+    opening = 0 if "open" in seen else OPEN_BYTES + len(header) * READ_CHUNK
+    seen.add("open")
     if lay.offsets is None:
         # Tiles of one row are contiguous in a COG: each row run costs its bytes plus, on
         # average, one chunk of overhang at its ends.
         new = [] if empty else [(lv, i, j) for i in range(y0, y1) for j in range(x0, x1)
-                                if seen is None or (lv, i, j) not in seen]
-        if seen is not None:
-            seen.update(new)
+                                if (lv, i, j) not in seen]
+        seen.update(new)
         rows = len({i for _, i, _ in new})
         return opening + float(sum(sizes[i, j] for _, i, j in new)) + rows * READ_CHUNK
     chunks: set[int] = set()
@@ -583,8 +581,6 @@ def _read_bytes(lay: _Layout, level: int, roi: tuple[slice, slice],
         for o, e in zip(offs.tolist(), ends.tolist(), strict=True):
             if e > o:
                 chunks.update(range(o // READ_CHUNK, (e - 1) // READ_CHUNK + 1))
-    if seen is None:
-        return opening + len(chunks - header) * READ_CHUNK
     new_chunks = {("chunk", c) for c in chunks - header} - seen
     seen.update(new_chunks)
     return opening + len(new_chunks) * READ_CHUNK
