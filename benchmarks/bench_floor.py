@@ -145,8 +145,8 @@ def baseline_run(items: list[Any], gbox: Any, chunks: int, out: Path) -> float:
 # -- s2mosaic ---------------------------------------------------------------------------------
 
 
-#: The s2mosaic rows: (runtime.prune_dates, runtime.warp_reuse).
-VARIANTS = {  # runtime.prune_dates, warp_reuse, keep_open
+#: The s2mosaic rows: (runtime.prune_dates, runtime.warp_reuse, runtime.keep_open).
+VARIANTS = {
     "s2mosaic": ("auto", "auto", "auto"),
     "s2mosaic-all-dates": ("off", "auto", "auto"),
     "s2mosaic-gdal-warps": ("auto", "off", "auto"),
