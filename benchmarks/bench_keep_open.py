@@ -4,7 +4,7 @@ Run:  python benchmarks/bench_keep_open.py [--dir /tmp/s2mosaic-bench-keep-open]
                                             [--rounds 3]
 
 On the demo catalog at 2400² px per tile (local DEFLATE COGs, 256 px blocks), one band (B04) of
-the 12 dates of 32TQT, four 1024 px chunk windows (2 × 2) starting ``offset`` px off the block
+the 32TQT items (12 dates and a reprocessed duplicate), four 1024 px chunk windows (2 × 2) starting ``offset`` px off the block
 grid, one thread, files in the page cache:
 
 - **floor**: each block the four windows touch read and decoded once (GDAL's cache off);
